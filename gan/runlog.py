@@ -1,0 +1,120 @@
+"""The run folder: atomic JSON files, the metrics log, and TensorBoard summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+# Stable TensorBoard tags for the metrics.jsonl keys; any other key goes under "eval/".
+TB_TAGS = {
+    "w1_exact": "ot/w1_exact",
+    "w2_exact": "ot/w2_exact",
+    "w1_real_real": "ot/w1_real_real",
+    "ot_nonoptimal": "ot/nonoptimal_solves",
+    "critic_estimate": "critic/estimate",
+    "critic_gap": "critic/gap",
+    "critic_rel_error": "critic/rel_error",
+    "modes_covered": "quality/modes_covered",
+    "high_quality_frac": "quality/high_quality_frac",
+    "w1_large": "quality/w1_large",
+}
+
+CRITIC_VS_OT_CHART = ["critic/estimate", "ot/w1_exact", "ot/w1_real_real"]
+
+
+def tb_tag(key: str) -> str:
+    return TB_TAGS.get(key, f"eval/{key}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp creates 0600; run folders are shared with collaborators
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
+
+
+def atomic_torch_save(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_finite_row(row: dict) -> bool:
+    return all(math.isfinite(v) for v in row.values() if isinstance(v, float))
+
+
+def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
+    writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
+    writer.add_custom_scalars(
+        {
+            "critic vs exact OT": {
+                "critic estimate, exact W1, real-vs-real W1 (same batches)": ["Multiline", CRITIC_VS_OT_CHART],
+                "W1 and W2 on the evaluation batches": ["Multiline", ["ot/w1_exact", "ot/w2_exact"]],
+            },
+            "quality": {
+                "large-sample W1 to held-out real data": ["Multiline", ["quality/w1_large"]],
+            },
+        }
+    )
+    return writer
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
+    """The resolved config as ``{"a.b.c": scalar}``; lists become strings, Hydra's own keys are left out."""
+    out: dict = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not str(key).startswith("_"):
+                    walk(value, f"{prefix}{key}.")
+        elif isinstance(node, bool | int | float | str):
+            out[prefix[:-1]] = node
+        elif node is not None:
+            out[prefix[:-1]] = str(node)
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    walk(container, "")
+    return out
+
+
+def write_hparams(writer: SummaryWriter, cfg: DictConfig, final: dict, status: str) -> None:
+    """HParams plugin summaries in the run's own folder (``add_hparams`` would open a new sub-run).
+
+    The metric values are the scalars already logged under the same tags, so the table shows the final ones.
+    """
+    params = flat_hparams(cfg)
+    params["status"] = status
+    metrics = {tb_tag(k): v for k, v in final.items() if k != "step" and isinstance(v, int | float)}
+    experiment, session_start, session_end = hparams(params, metrics)
+    file_writer = writer._get_file_writer()
+    for summary in (experiment, session_start, session_end):
+        file_writer.add_summary(summary)
