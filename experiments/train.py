@@ -20,7 +20,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from gan.config import ConfigError, check_group_choices, validate
-from gan.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +34,8 @@ def main(cfg: DictConfig) -> float | None:
             raise  # the launcher records it and goes on with the other jobs
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    from gan.trainer import train  # imported after validation, so bad input fails without loading torch
+
     run_dir = hydra_cfg.runtime.output_dir
     log.info("run folder: %s", run_dir)
     summary = train(cfg, run_dir)

@@ -49,7 +49,9 @@ def check_group_choices(overrides: Iterable[str], conf_dir: Path = CONF_DIR) -> 
         group = override.key_or_group
         if group not in GROUPS or override.is_delete() or override.package:
             continue
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        values = (
+            list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        )
         allowed = group_options(group, conf_dir)
         for value in values:
             if value is not None and str(value) not in allowed:
@@ -70,7 +72,9 @@ def validate(cfg: DictConfig) -> None:
     plain.pop("hydra", None)
     for path, value in _leaves(plain):
         key = path.rsplit(".", 1)[-1]
-        if key in POSITIVE_INTS and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if key in POSITIVE_INTS and not (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        ):
             raise ConfigError(f"{path}={value!r}: must be a positive integer")
         if key in POSITIVE_FLOATS and not (_is_number(value) and value > 0):
             raise ConfigError(f"{path}={value!r}: must be a positive number")

@@ -64,10 +64,11 @@ class Objective:
 
 
 class WGANGP(Objective):
-    """WGAN with a two-sided gradient penalty (Gulrajani et al. 2017, "Improved Training of Wasserstein GANs").
+    """WGAN with a two-sided gradient penalty (Gulrajani et al. 2017, "Improved Training of WGANs").
 
     .. math::
-        L_D = \\mathbb{E} f(\\tilde x) - \\mathbb{E} f(x) + \\lambda\\, \\mathbb{E}(\\|\\nabla f(\\hat x)\\|_2 - 1)^2,
+        L_D = \\mathbb{E} f(\\tilde x) - \\mathbb{E} f(x)
+              + \\lambda\\, \\mathbb{E}(\\|\\nabla f(\\hat x)\\|_2 - 1)^2,
         \\qquad L_G = -\\mathbb{E} f(\\tilde x)
 
     with :math:`\\hat x = t x + (1 - t) \\tilde x`, one :math:`t \\sim U[0, 1]` per sample.

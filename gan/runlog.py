@@ -75,7 +75,10 @@ def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
     writer.add_custom_scalars(
         {
             "critic vs exact OT": {
-                "critic estimate, exact W1, real-vs-real W1 (same batches)": ["Multiline", CRITIC_VS_OT_CHART],
+                "critic estimate, exact W1, real-vs-real W1 (same batches)": [
+                    "Multiline",
+                    CRITIC_VS_OT_CHART,
+                ],
                 "W1 and W2 on the evaluation batches": ["Multiline", ["ot/w1_exact", "ot/w2_exact"]],
             },
             "quality": {

@@ -34,7 +34,7 @@ class Diverged(RuntimeError):
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (third-party code may still draw from NumPy's global state)
     torch.manual_seed(seed)
 
 
@@ -90,7 +90,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             if step % cfg.train.checkpoint_every == 0 and step > 0:
                 atomic_torch_save(
                     ckpt_path,
-                    _state(step, generator, critic, opt_g, opt_c, train_rng, cfg, time.perf_counter() - started),
+                    _state(
+                        step, generator, critic, opt_g, opt_c, train_rng, cfg, time.perf_counter() - started
+                    ),
                 )
 
             if step % cfg.eval.every == 0 or step == steps:
@@ -119,7 +121,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     writer.add_figure("samples/real_vs_generated", fig, step)
                 final = row
                 eval_s += time.perf_counter() - t0
-                bar.set_postfix(w1=f"{row['w1_exact']:.3f}", critic=f"{row.get('critic_estimate', float('nan')):.3f}")
+                bar.set_postfix(
+                    w1=f"{row['w1_exact']:.3f}", critic=f"{row.get('critic_estimate', float('nan')):.3f}"
+                )
             if step == steps:
                 break
 
@@ -168,7 +172,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         metrics_file.close()
         elapsed = time.perf_counter() - started
         if status in ("completed", "interrupted"):
-            atomic_torch_save(ckpt_path, _state(step, generator, critic, opt_g, opt_c, train_rng, cfg, elapsed))
+            atomic_torch_save(
+                ckpt_path, _state(step, generator, critic, opt_g, opt_c, train_rng, cfg, elapsed)
+            )
         summary = {
             "status": status,
             "steps_done": step,

@@ -53,7 +53,9 @@ def mode_coverage(
     }
 
 
-def large_sample_w1(fake: torch.Tensor, real_heldout: torch.Tensor, *, solver: str = "auto") -> dict[str, float]:
+def large_sample_w1(
+    fake: torch.Tensor, real_heldout: torch.Tensor, *, solver: str = "auto"
+) -> dict[str, float]:
     """Exact W1 between a large generated sample and a held-out real sample of the same size.
 
     Less noisy than the minibatch W1, but still an upward-biased estimate of the population W1.

@@ -1,0 +1,50 @@
+"""Shared fixtures: the real config, composed with Hydra's compose API and shrunk to a test budget."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+CHECK_RUN_FOLDER = ROOT.parent / "shared" / "tools" / "check-run-folder"
+
+TINY = [
+    "train.steps=6",
+    "train.batch_size=32",
+    "train.log_every=2",
+    "train.checkpoint_every=4",
+    "train.progress=false",
+    "eval.every=3",
+    "eval.batch_size=32",
+    "eval.large_n=64",
+    "model.generator.width=16",
+    "model.critic.width=16",
+]
+
+
+@pytest.fixture
+def compose_cfg():
+    """``compose_cfg(*overrides)`` gives the composed train config at the tiny test budget."""
+
+    def _compose(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="train", overrides=[*TINY, *overrides])
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def check_run_folder(*run_dirs):
+    """The project-independent contract checker; returns its output, fails the test on a violation."""
+    if not CHECK_RUN_FOLDER.exists():
+        pytest.skip(f"{CHECK_RUN_FOLDER} is not beside this checkout")
+    out = subprocess.run(
+        [sys.executable, str(CHECK_RUN_FOLDER), *map(str, run_dirs)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
