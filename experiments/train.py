@@ -27,18 +27,18 @@ log = logging.getLogger(__name__)
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
     try:
         validate(cfg)
+        from gan.trainer import train  # imported after validation: bad input fails without loading torch
+
+        log.info("run folder: %s", run_dir)
+        summary = train(cfg, run_dir)  # raises ConfigError from setup, before it writes anything
     except ConfigError as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the launcher records it and goes on with the other jobs
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    from gan.trainer import train  # imported after validation, so bad input fails without loading torch
-
-    run_dir = hydra_cfg.runtime.output_dir
-    log.info("run folder: %s", run_dir)
-    summary = train(cfg, run_dir)
     print(f"run folder: {run_dir}\nsee the curves: tensorboard --logdir {run_dir}")
     # The sweep objective for Hydra's optimisation sweepers: large-sample W1 to held-out data.
     return summary["final"].get("w1_large")

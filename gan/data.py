@@ -1,6 +1,12 @@
-"""Datasets: every set exposes ``shape`` and ``sample(n, generator)``.
+"""Datasets. Every set exposes:
 
-Toy sets are sampled on the fly from a caller's ``torch.Generator``, so a seed fixes every batch.
+* ``shape``: the shape of one sample, e.g. ``(2,)`` or ``(1, 28, 28)``;
+* ``sample(n, generator)``: ``n`` training samples drawn with the caller's ``torch.Generator``
+  (on that generator's device);
+* ``sample_heldout(n, generator)``: ``n`` samples the generator never trains on, for quality metrics;
+* ``modes``, ``std``: the mixture's centres and spread where the set is a Gaussian mixture, else ``None``.
+
+Toy sets are sampled on the fly, so a seed fixes every batch and held-out samples are simply fresh ones.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class MixtureOfGaussians:
         noise = torch.randn(n, 2, generator=generator, device=device)
         return self.modes.to(device)[which] + self.std * noise
 
+    sample_heldout = sample  # an infinite set: fresh samples are held out
+
 
 class SwissRoll:
     """2D Swiss roll: ``t = 1.5π (1 + 2u)``, point ``t (cos t, sin t) / scale`` plus Gaussian noise.
@@ -50,6 +58,7 @@ class SwissRoll:
 
     shape = (2,)
     modes = None
+    std = None
 
     def __init__(self, noise: float, scale: float):
         self.noise = float(noise)
@@ -61,3 +70,5 @@ class SwissRoll:
         roll = torch.stack([t * t.cos(), t * t.sin()], dim=1)
         roll = roll + self.noise * torch.randn(n, 2, generator=generator, device=device)
         return roll / self.scale
+
+    sample_heldout = sample

@@ -30,19 +30,21 @@ def evaluate(
     generator: nn.Module,
     critic: nn.Module | None,
     data,
+    objective,
+    eval_cfg,
     *,
-    batch_size: int,
-    large_n: int,
     rng: torch.Generator,
-    solver: str = "auto",
+    index: int,
 ) -> dict[str, float]:
     """Metrics of the current models on fresh batches drawn from ``rng``.
 
     On one real batch ``x``, a second real batch ``x'`` and a generated batch ``y`` (all of
-    ``batch_size``): ``w1_exact = W1(x, y)``, ``w2_exact``, ``w1_real_real = W1(x, x')`` and, when
-    there is a critic, its estimate against ``w1_exact``. Then quality on ``large_n`` generated
-    samples against ``large_n`` fresh real ones.
+    ``eval_cfg.batch_size``): ``w1_exact = W1(x, y)``, ``w2_exact``, ``w1_real_real = W1(x, x')`` and,
+    when there is a critic, its estimate against ``w1_exact``. Then quality on ``eval_cfg.large_n``
+    generated samples against as many held-out real ones. ``index`` counts evaluations from 0
+    (for work done only every k-th evaluation).
     """
+    batch_size, large_n, solver = eval_cfg.batch_size, eval_cfg.large_n, eval_cfg.solver
     was_training = generator.training
     generator.eval()
     try:
@@ -55,7 +57,7 @@ def evaluate(
             row.update(critic_vs_w1(critic(real), critic(fake), row[W1_EXACT]))
 
         fake_large = sample_generator(generator, large_n, rng)
-        row.update(large_sample_w1(fake_large, data.sample(large_n, rng), solver=solver))
+        row.update(large_sample_w1(fake_large, data.sample_heldout(large_n, rng), solver=solver))
         if getattr(data, "modes", None) is not None:
             row.update(mode_coverage(fake_large, data.modes, data.std))
     finally:

@@ -101,10 +101,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     generator,
                     critic,
                     data,
-                    batch_size=cfg.eval.batch_size,
-                    large_n=cfg.eval.large_n,
+                    objective,
+                    cfg.eval,
                     rng=eval_generator(cfg.seed, step, device),
-                    solver=cfg.eval.solver,
+                    index=step // cfg.eval.every,
                 )
                 if not is_finite_row(row):
                     raise Diverged(f"non-finite metric at step {step}: {row}")
