@@ -18,8 +18,9 @@ GROUPS = ("data", "model", "objective", "eval", "experiment")
 
 POSITIVE_INTS = {
     "steps", "batch_size", "every", "large_n", "width", "depth", "latent_dim", "critic_steps",
-    "log_every", "checkpoint_every", "n_modes",
+    "log_every", "checkpoint_every", "n_modes", "threads",
 }  # fmt: skip
+NULLABLE = {"threads"}
 POSITIVE_FLOATS = {"lr", "std", "scale"}
 NON_NEGATIVE_FLOATS = {"penalty_weight", "noise"}
 CHOICES = {
@@ -58,6 +59,34 @@ def check_group_choices(overrides: Iterable[str], conf_dir: Path = CONF_DIR) -> 
                 raise ConfigError(f"{group}={value} is not an option; choose one of: {', '.join(allowed)}")
 
 
+def check_output_dirs(overrides: Iterable[str]) -> None:
+    """Reject a ``hydra.run.dir`` / ``hydra.sweep.dir`` that cannot be created or written, before Hydra
+    tries (its own error is a traceback)."""
+    import os
+
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if key.lstrip("+~") not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+            continue
+        path = Path(value).absolute()
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"{key}={value}: cannot write there ({existing} is not a writable folder)")
+
+
+def job_dirname(override_dirname: str, *, max_bytes: int = 200) -> str:
+    """A sweep job's folder name from its overrides: ``/`` replaced (it would nest folders) and long names
+    cut with a hash of the whole, so every name stays unique and under the 255-byte file-name limit."""
+    import hashlib
+
+    name = override_dirname.replace("/", "_") or "defaults"
+    raw = name.encode()
+    if len(raw) > max_bytes:
+        cut = raw[: max_bytes - 11].decode(errors="ignore")
+        name = f"{cut}_{hashlib.sha1(raw).hexdigest()[:10]}"
+    return name
+
+
 def _leaves(node, prefix: str = ""):
     if isinstance(node, dict):
         for key, value in node.items():
@@ -72,6 +101,8 @@ def validate(cfg: DictConfig) -> None:
     plain.pop("hydra", None)
     for path, value in _leaves(plain):
         key = path.rsplit(".", 1)[-1]
+        if value is None and key in NULLABLE:
+            continue
         if key in POSITIVE_INTS and not (
             isinstance(value, int) and not isinstance(value, bool) and value >= 1
         ):

@@ -1,10 +1,14 @@
 """The training loop. Read it top to bottom: setup, then one loop over generator steps.
 
 At step ``s`` (the state after ``s`` generator updates), in this order:
-  1. every ``train.checkpoint_every`` steps: save ``checkpoints/last.pt``;
-  2. every ``eval.every`` steps and at the last step: evaluate on fresh batches, append a line to
+  1. a stop was requested (Ctrl-C, SIGTERM, SLURM pre-emption): save a checkpoint and stop;
+  2. every ``train.checkpoint_every`` steps: save ``checkpoints/last.pt``;
+  3. every ``eval.every`` steps and at the last step: evaluate on fresh batches, append a line to
      ``metrics.jsonl``, log to TensorBoard;
-  3. ``objective.critic_steps`` critic updates, then one generator update.
+  4. ``objective.critic_steps`` critic updates, then one generator update.
+
+A resumed run starts at the checkpoint's step with every state restored and redoes the evaluation
+of that step, so it writes the same lines as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,19 +21,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
+from gan import checkpoint
+from gan.config import ConfigError
 from gan.evaluation import eval_generator, evaluate, sample_generator
 from gan.plots import toy_scatter
-from gan.runlog import atomic_torch_save, atomic_write_json, is_finite_row, open_writer, tb_tag, write_hparams
+from gan.runlog import atomic_write_json, is_finite_row, open_writer, tb_tag, write_hparams
 
 log = logging.getLogger(__name__)
 
 
 class Diverged(RuntimeError):
-    """A loss or a metric became NaN or infinite."""
+    """A loss, a parameter or a metric became NaN or infinite at ``step``."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"non-finite {what} at step {step}")
+        self.step = step
 
 
 def seed_everything(seed: int) -> None:
@@ -43,150 +54,195 @@ def build(cfg: DictConfig, device: torch.device):
 
     ``model.generator`` gets the data-derived ``out_shape``, ``model.critic`` the ``in_shape``.
     """
-    data = instantiate(cfg.data)
-    generator = instantiate(cfg.model.generator, out_shape=data.shape).to(device)
-    objective = instantiate(cfg.objective)
+    data = _instantiate(cfg.data, "data")
+    shape = tuple(data.shape)
+    where = f"for data of shape {shape}"
+    generator = _instantiate(cfg.model.generator, f"model.generator {where}", out_shape=shape)
+    objective = _instantiate(cfg.objective, "objective")
     critic = None
     if objective.uses_critic:
-        critic = objective.prepare_critic(instantiate(cfg.model.critic, in_shape=data.shape).to(device))
-    opt_g, opt_c = objective.optimizers(generator, critic)
+        critic = _instantiate(cfg.model.critic, f"model.critic {where}", in_shape=shape)
+        critic = objective.prepare_critic(critic.to(device))
+    opt_g, opt_c = objective.optimizers(generator.to(device), critic)
     return data, generator, critic, objective, opt_g, opt_c
 
 
-def _state(step, generator, critic, opt_g, opt_c, train_rng, cfg, elapsed) -> dict:
-    return {
-        "step": step,
-        "generator": generator.state_dict(),
-        "critic": None if critic is None else critic.state_dict(),
-        "opt_g": opt_g.state_dict(),
-        "opt_c": None if opt_c is None else opt_c.state_dict(),
-        "train_rng": train_rng.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "elapsed": elapsed,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+def _instantiate(node, what: str, **kwargs):
+    """``hydra.utils.instantiate`` whose failures become one-line :class:`ConfigError` s naming ``what``."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"{what} cannot be built: {reason}") from None
+
+
+def _all_finite(*modules) -> bool:
+    return all(torch.isfinite(p).all() for m in modules if m is not None for p in m.parameters())
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
-    """Train one GAN as ``cfg`` says, writing everything into ``run_dir``; returns the summary."""
+    """Train one GAN as ``cfg`` says, writing everything into ``run_dir``; returns the summary.
+
+    Raises :class:`gan.config.ConfigError` from setup, before anything is written, when the config,
+    the data or the run folder cannot be used.
+    """
     run_dir = Path(run_dir)
     started = time.perf_counter()
+    if cfg.train.threads:  # set per job: launcher workers are reused from one job to the next
+        torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     data, generator, critic, objective, opt_g, opt_c = build(cfg, device)
     train_rng = torch.Generator(device).manual_seed(cfg.seed)
     steps, batch = cfg.train.steps, cfg.train.batch_size
     latent = generator.latent_dim
-    ckpt_path = run_dir / "checkpoints" / "last.pt"
     metrics_path = run_dir / "metrics.jsonl"
 
-    writer = open_writer(run_dir)
+    start, elapsed_before, eval_before, rows_written = 0, 0.0, 0.0, 0
+    state = checkpoint.prepare_run_dir(run_dir, cfg)
+    if state is not None:
+        checkpoint.restore(
+            state, generator=generator, critic=critic, opt_g=opt_g, opt_c=opt_c, train_rng=train_rng
+        )
+        start, elapsed_before, eval_before = state["step"], state["elapsed"], state["eval_s"]
+        rows_written = checkpoint.truncate_metrics(metrics_path, before_step=start)
+        log.info("resuming at step %d (%d evaluation lines kept)", start, rows_written)
+
+    def save_checkpoint(at_step: int) -> None:
+        checkpoint.save(
+            run_dir, step=at_step, generator=generator, critic=critic, opt_g=opt_g, opt_c=opt_c,
+            train_rng=train_rng, cfg=cfg, elapsed=elapsed_before + time.perf_counter() - started,
+            eval_s=eval_s, metrics_rows=rows_written,
+        )  # fmt: skip
+
+    writer = open_writer(run_dir, purge_step=start if start else None)
     metrics_file = metrics_path.open("a")
-    status, step, final, eval_s, error = "failed", 0, {}, 0.0, None
-    losses: dict[str, torch.Tensor] = {}
-    bar = tqdm(total=steps, desc="train", unit="step", disable=not cfg.train.progress, mininterval=1.0)
+    status, step, final, eval_s, error, nonoptimal = "failed", start, {}, eval_before, None, 0
+    bar = tqdm(
+        total=steps, initial=start, desc="train", unit="step", disable=not cfg.train.progress, mininterval=1
+    )
+    stop = checkpoint.StopRequests()
     try:
-        for step in range(0, steps + 1):
-            if step % cfg.train.checkpoint_every == 0 and step > 0:
-                atomic_torch_save(
-                    ckpt_path,
-                    _state(
-                        step, generator, critic, opt_g, opt_c, train_rng, cfg, time.perf_counter() - started
-                    ),
-                )
+        with stop:
+            for step in range(start, steps + 1):
+                if stop.requested:
+                    status = "interrupted"
+                    break
+                if step % cfg.train.checkpoint_every == 0 and step > start:
+                    save_checkpoint(step)
 
-            if step % cfg.eval.every == 0 or step == steps:
-                t0 = time.perf_counter()
-                row = {"step": step} | evaluate(
-                    generator,
-                    critic,
-                    data,
-                    objective,
-                    cfg.eval,
-                    rng=eval_generator(cfg.seed, step, device),
-                    index=step // cfg.eval.every,
-                )
-                if not is_finite_row(row):
-                    raise Diverged(f"non-finite metric at step {step}: {row}")
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-                for key, value in row.items():
-                    if key != "step":
-                        writer.add_scalar(tb_tag(key), value, step)
-                if cfg.eval.plot and data.shape == (2,):
-                    plot_rng = eval_generator(cfg.seed, step, device)
-                    fig = toy_scatter(
-                        data.sample(512, plot_rng), sample_generator(generator, 512, plot_rng), critic
+                if step % cfg.eval.every == 0 or step == steps:
+                    t0 = time.perf_counter()
+                    row = {"step": step} | evaluate(
+                        generator,
+                        critic,
+                        data,
+                        objective,
+                        cfg.eval,
+                        rng=eval_generator(cfg.seed, step, device),
+                        index=step // cfg.eval.every,
                     )
-                    writer.add_figure("samples/real_vs_generated", fig, step)
-                final = row
-                eval_s += time.perf_counter() - t0
-                bar.set_postfix(
-                    w1=f"{row['w1_exact']:.3f}", critic=f"{row.get('critic_estimate', float('nan')):.3f}"
-                )
-            if step == steps:
-                break
+                    if not is_finite_row(row):
+                        raise Diverged(step, f"metric: {row}")
+                    metrics_file.write(json.dumps(row) + "\n")
+                    metrics_file.flush()
+                    rows_written += 1
+                    for key, value in row.items():
+                        if key != "step":
+                            writer.add_scalar(tb_tag(key), value, step)
+                    if cfg.eval.plot and data.shape == (2,):
+                        plot_rng = eval_generator(cfg.seed, step, device)
+                        fig = toy_scatter(
+                            data.sample(512, plot_rng), sample_generator(generator, 512, plot_rng), critic
+                        )
+                        writer.add_figure("samples/real_vs_generated", fig, step)
+                    if row.get("ot_nonoptimal"):
+                        nonoptimal += row["ot_nonoptimal"]
+                        log.warning(
+                            "step %d: %d exact OT solve(s) stopped before optimality", step, nonoptimal
+                        )
+                    final = row
+                    eval_s += time.perf_counter() - t0
+                    bar.set_postfix(
+                        w1=f"{row['w1_exact']:.3f}", critic=f"{row.get('critic_estimate', np.nan):.3f}"
+                    )
+                if step == steps:
+                    status = "completed"
+                    break
 
-            # Critic updates on fresh real and generated batches (the generator is held fixed).
-            for _ in range(objective.critic_steps):
+                # Critic updates on fresh real and generated batches (the generator is held fixed).
+                for _ in range(objective.critic_steps):
+                    real = data.sample(batch, train_rng)
+                    with torch.no_grad():
+                        fake = generator(torch.randn(batch, latent, generator=train_rng, device=device))
+                    losses_c = objective.critic_loss(critic, real, fake, train_rng)
+                    opt_c.zero_grad(set_to_none=True)
+                    losses_c["loss"].backward()
+                    opt_c.step()
+                    objective.after_critic_step(critic)
+
+                # One generator update.
                 real = data.sample(batch, train_rng)
-                with torch.no_grad():
-                    fake = generator(torch.randn(batch, latent, generator=train_rng, device=device))
-                losses_c = objective.critic_loss(critic, real, fake, train_rng)
-                opt_c.zero_grad(set_to_none=True)
-                losses_c["loss"].backward()
-                opt_c.step()
-                objective.after_critic_step(critic)
+                fake = generator(torch.randn(batch, latent, generator=train_rng, device=device))
+                losses_g = objective.generator_loss(critic, real, fake)
+                opt_g.zero_grad(set_to_none=True)
+                losses_g["loss"].backward()
+                opt_g.step()
+                bar.update(1)
 
-            # One generator update.
-            real = data.sample(batch, train_rng)
-            fake = generator(torch.randn(batch, latent, generator=train_rng, device=device))
-            losses_g = objective.generator_loss(critic, real, fake)
-            opt_g.zero_grad(set_to_none=True)
-            losses_g["loss"].backward()
-            opt_g.step()
-            bar.update(1)
-
-            if (step + 1) % cfg.train.log_every == 0:
-                losses = {k: v for k, v in (losses_c if critic is not None else {}).items() if k != "loss"}
-                losses |= {k: v for k, v in losses_g.items() if k != "loss"}
-                values = {k: v.item() for k, v in losses.items()}
-                if not is_finite_row(values):
-                    raise Diverged(f"non-finite loss at step {step + 1}: {values}")
-                for key, value in values.items():
-                    writer.add_scalar(f"loss/{key}", value, step + 1)
-        status = "completed"
+                if (step + 1) % cfg.train.log_every == 0:
+                    losses = losses_g | (losses_c if objective.critic_steps else {})
+                    values = {k: v.item() for k, v in losses.items() if k != "loss"}
+                    if not (is_finite_row(values) and _all_finite(generator, critic)):
+                        raise Diverged(step + 1, f"loss or parameter: {values}")
+                    for key, value in values.items():
+                        writer.add_scalar(f"loss/{key}", value, step + 1)
     except Diverged as exc:
-        status, error = "diverged", str(exc)
+        status, error, step = "diverged", str(exc), exc.step
         log.error("run diverged: %s", exc)
         if cfg.train.on_nan == "raise":
             raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        log.warning("interrupted at step %d", step)
+    except KeyboardInterrupt:  # a second Ctrl-C, mid-step: the last periodic checkpoint stays
+        status, error = "interrupted", "KeyboardInterrupt"
     except BaseException as exc:
         status, error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
         bar.close()
         metrics_file.close()
-        elapsed = time.perf_counter() - started
-        if status in ("completed", "interrupted"):
-            atomic_torch_save(
-                ckpt_path, _state(step, generator, critic, opt_g, opt_c, train_rng, cfg, elapsed)
-            )
+        saved = status == "completed" or (status == "interrupted" and error is None)
+        if saved:
+            save_checkpoint(step)
+        elapsed = elapsed_before + time.perf_counter() - started
         summary = {
             "status": status,
             "steps_done": step,
             "elapsed_s": round(elapsed, 3),
             "train_s": round(elapsed - eval_s, 3),
             "eval_s": round(eval_s, 3),
+            "ot_nonoptimal_total": nonoptimal,
             "final": final,
         }
+        if status == "diverged":
+            summary["diverged_at_step"] = step
         if error:
             summary["error"] = error
+        checkpoint_note = "checkpoint saved" if saved else "no new checkpoint"
+        log.info(
+            "%s after %d steps in %.1fs (evaluation %.1fs); %s",
+            status,
+            step,
+            elapsed,
+            eval_s,
+            checkpoint_note,
+        )
         atomic_write_json(run_dir / "summary.json", summary)
         write_hparams(writer, cfg, final, status)
         writer.close()
-    log.info("%s after %d steps in %.1fs (evaluation %.1fs)", status, step, elapsed, eval_s)
+    if error == "KeyboardInterrupt":
+        raise SystemExit(130)
+    stop.forward()  # after an interrupt: hand the signal on (submitit requeues) or exit with 128 + signal
     return summary

@@ -1,16 +1,23 @@
 """Shared fixtures: the real config, composed with Hydra's compose API and shrunk to a test budget."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 CHECK_RUN_FOLDER = ROOT.parent / "shared" / "tools" / "check-run-folder"
+
+# Test models are tiny: one thread each is faster than two fighting over the cores, and subprocesses
+# (CLI and sweep tests) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 TINY = [
     "train.steps=6",
@@ -21,6 +28,7 @@ TINY = [
     "eval.every=3",
     "eval.batch_size=32",
     "eval.large_n=64",
+    "eval.probe_steps=4",
     "model.generator.width=16",
     "model.critic.width=16",
 ]

@@ -35,8 +35,8 @@ def test_cli_run_writes_a_checked_run_folder(tmp_path):
 BAD_INPUTS = [
     (["objective=wgan_xx"], "objective=wgan_xx is not an option; choose one of: "),
     (["data=mnist_typo"], "data=mnist_typo is not an option; choose one of: "),
-    (["model=resnet"], "model=resnet is not an option; choose one of: mlp"),
-    (["eval=fast"], "eval=fast is not an option; choose one of: default"),
+    (["model=resnet"], "model=resnet is not an option; choose one of: "),
+    (["eval=fast"], "eval=fast is not an option; choose one of: "),
     (["train.steps=0"], "train.steps=0: must be a positive integer"),
     (["train.steps=-5"], "train.steps=-5: must be a positive integer"),
     (["train.batch_size=0"], "train.batch_size=0: must be a positive integer"),
