@@ -1,0 +1,1 @@
+"""Standalone commands that read run folders: ``python -m scripts.<name>``."""
