@@ -22,12 +22,25 @@ TB_TAGS = {
     "critic_estimate": "critic/estimate",
     "critic_gap": "critic/gap",
     "critic_rel_error": "critic/rel_error",
+    "ctransform_bound": "critic/ctransform_bound",
+    "lipschitz_max": "critic/lipschitz_max",
+    "grad_ot_cosine": "critic/grad_ot_cosine",
+    "probe_estimate": "critic/probe_estimate",
+    "probe_gap": "critic/probe_gap",
     "modes_covered": "quality/modes_covered",
     "high_quality_frac": "quality/high_quality_frac",
     "w1_large": "quality/w1_large",
 }
 
 CRITIC_VS_OT_CHART = ["critic/estimate", "ot/w1_exact", "ot/w1_real_real"]
+# Every estimate of W1 on the evaluation batches beside the exact value and the noise floor.
+ESTIMATES_CHART = [
+    "critic/estimate",
+    "critic/probe_estimate",
+    "critic/ctransform_bound",
+    "ot/w1_exact",
+    "ot/w1_real_real",
+]
 
 
 def tb_tag(key: str) -> str:
@@ -80,6 +93,14 @@ def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
                     CRITIC_VS_OT_CHART,
                 ],
                 "W1 and W2 on the evaluation batches": ["Multiline", ["ot/w1_exact", "ot/w2_exact"]],
+                "critic estimate, probe estimate, c-transform bound, exact W1, real-vs-real W1": [
+                    "Multiline",
+                    ESTIMATES_CHART,
+                ],
+                "critic gradient: largest norm and agreement with the OT plan": [
+                    "Multiline",
+                    ["critic/lipschitz_max", "critic/grad_ot_cosine"],
+                ],
             },
             "quality": {
                 "large-sample W1 to held-out real data": ["Multiline", ["quality/w1_large"]],
