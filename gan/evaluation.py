@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gan.image_eval import image_quality, is_image_data
 from metrics.critic import (
     GRAD_OT_COSINE,
     critic_vs_w1,
@@ -116,6 +117,7 @@ def evaluate(
     *,
     rng: torch.Generator,
     index: int,
+    classifier: nn.Module | None = None,
 ) -> dict[str, float]:
     """Metrics of the current models on fresh batches drawn from ``rng``.
 
@@ -131,6 +133,8 @@ def evaluate(
     changes their parameters, buffers or optimisers.
     """
     batch_size, large_n, solver = eval_cfg.batch_size, eval_cfg.large_n, eval_cfg.solver
+    if is_image_data(data):  # a finite held-out split: no repeated images in the real sample
+        large_n = min(large_n, data.num_heldout)
     modes = [(m, m.training) for m in (generator, critic) if m is not None]
     critic_mode = critic is not None and critic.training
     for module, _ in modes:
@@ -145,7 +149,10 @@ def evaluate(
             row.update(critic_vs_w1(*objective.critic_values(critic, real, fake), row[W1_EXACT]))
 
         fake_large = sample_generator(generator, large_n, rng)
-        row.update(large_sample_w1(fake_large, data.sample_heldout(large_n, rng), solver=solver))
+        real_large = data.sample_heldout(large_n, rng)
+        row.update(large_sample_w1(fake_large, real_large, solver=solver))
+        if classifier is not None:  # FID, KID, precision/recall, label entropy (no draws from rng)
+            row.update(image_quality(fake_large, real_large, classifier=classifier))
         if getattr(data, "modes", None) is not None:
             row.update(mode_coverage(fake_large, data.modes, data.std))
 

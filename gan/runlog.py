@@ -30,6 +30,14 @@ TB_TAGS = {
     "modes_covered": "quality/modes_covered",
     "high_quality_frac": "quality/high_quality_frac",
     "w1_large": "quality/w1_large",
+    "fid": "quality/fid",
+    "kid_mean": "quality/kid_mean",
+    "kid_std": "quality/kid_std",
+    "precision": "quality/precision",
+    "recall": "quality/recall",
+    "label_entropy": "quality/label_entropy",
+    "classes_covered": "quality/classes_covered",
+    "prediction_entropy": "quality/prediction_entropy",
 }
 
 CRITIC_VS_OT_CHART = ["critic/estimate", "ot/w1_exact", "ot/w1_real_real"]
@@ -104,6 +112,8 @@ def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
             },
             "quality": {
                 "large-sample W1 to held-out real data": ["Multiline", ["quality/w1_large"]],
+                "FID and KID (classifier features)": ["Multiline", ["quality/fid", "quality/kid_mean"]],
+                "precision and recall": ["Multiline", ["quality/precision", "quality/recall"]],
             },
         }
     )

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from gan import checkpoint
 from gan.config import ConfigError
 from gan.evaluation import eval_generator, evaluate, sample_generator
+from gan.image_eval import generator_grid, is_image_data, load_or_train_classifier, sample_grid
 from gan.plots import toy_scatter
 from gan.runlog import atomic_write_json, is_finite_row, open_writer, tb_tag, write_hparams
 
@@ -96,6 +97,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     data, generator, critic, objective, opt_g, opt_c = build(cfg, device)
+    classifier = None
+    if is_image_data(data) and cfg.eval.image_quality:
+        classifier = load_or_train_classifier(data, cfg.eval.classifier_dir, device=device)
     train_rng = torch.Generator(device).manual_seed(cfg.seed)
     steps, batch = cfg.train.steps, cfg.train.batch_size
     latent = generator.latent_dim
@@ -144,6 +148,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                         cfg.eval,
                         rng=eval_generator(cfg.seed, step, device),
                         index=step // cfg.eval.every,
+                        classifier=classifier,
                     )
                     if not is_finite_row(row):
                         raise Diverged(step, f"metric: {row}")
@@ -159,6 +164,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                             data.sample(512, plot_rng), sample_generator(generator, 512, plot_rng), critic
                         )
                         writer.add_figure("samples/real_vs_generated", fig, step)
+                    if cfg.eval.plot and is_image_data(data):
+                        plot_rng = eval_generator(cfg.seed, step, device)
+                        grid = generator_grid(generator, plot_rng, value_range=data.pixel_range)
+                        writer.add_image("samples/generated", grid, step)
+                        if step == start:
+                            real = sample_grid(data.sample(64, plot_rng), value_range=data.pixel_range)
+                            writer.add_image("samples/real", real, step)
                     if row.get("ot_nonoptimal"):
                         nonoptimal += row["ot_nonoptimal"]
                         log.warning(

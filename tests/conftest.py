@@ -29,6 +29,7 @@ TINY = [
     "eval.batch_size=32",
     "eval.large_n=64",
     "eval.probe_steps=4",
+    "eval.image_quality=false",  # image runs would train a feature classifier; tests that need it ask
     "model.generator.width=16",
     "model.critic.width=16",
 ]

@@ -108,3 +108,20 @@ def test_evaluation_cadence_does_not_change_training(compose_cfg, tmp_path):
     sparse = {r["step"]: r for r in _rows(tmp_path / "a")}
     dense = {r["step"]: r for r in _rows(tmp_path / "b")}
     assert all(dense[s] == row for s, row in sparse.items())
+
+
+def test_image_run_logs_quality_and_sample_grids(compose_cfg, tmp_path):
+    cfg = compose_cfg(
+        "data=digits", "model=dcgan", "eval.image_quality=true", f"eval.classifier_dir={tmp_path / 'cls'}",
+        "eval.large_n=200",
+    )  # fmt: skip
+    train(cfg, tmp_path / "run")
+    rows = _rows(tmp_path / "run")
+    for key in ("fid", "kid_mean", "precision", "recall", "label_entropy", "w1_large", "w1_exact"):
+        assert all(key in r for r in rows), key
+    assert rows[0]["fid"] > 0 and 0 <= rows[-1]["precision"] <= 1
+    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert len(acc.Images("samples/generated")) == len(rows)
+    assert len(acc.Images("samples/real")) == 1
+    assert (tmp_path / "cls").is_dir() and any((tmp_path / "cls").iterdir())  # the classifier was cached
