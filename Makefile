@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint tensorboard clean
+.PHONY: install run test bench lint tensorboard clean
 
 install: $(STAMP)
 
@@ -18,6 +18,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m scripts.bench
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
