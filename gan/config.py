@@ -18,10 +18,11 @@ GROUPS = ("data", "model", "objective", "eval", "experiment")
 
 POSITIVE_INTS = {
     "steps", "batch_size", "every", "large_n", "width", "depth", "latent_dim", "critic_steps",
-    "log_every", "checkpoint_every", "n_modes", "threads",
+    "log_every", "checkpoint_every", "n_modes", "threads", "power_iterations", "max_iter",
 }  # fmt: skip
-NULLABLE = {"threads"}
-POSITIVE_FLOATS = {"lr", "std", "scale"}
+NON_NEGATIVE_INTS = {"probe_every", "probe_steps"}
+NULLABLE = {"threads", "probe_lr", "max_iter"}
+POSITIVE_FLOATS = {"lr", "probe_lr", "std", "scale", "eps", "clip_value", "tol"}
 NON_NEGATIVE_FLOATS = {"penalty_weight", "noise"}
 CHOICES = {
     "device": ("cpu", "cuda"),
@@ -107,6 +108,10 @@ def validate(cfg: DictConfig) -> None:
             isinstance(value, int) and not isinstance(value, bool) and value >= 1
         ):
             raise ConfigError(f"{path}={value!r}: must be a positive integer")
+        if key in NON_NEGATIVE_INTS and not (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ):
+            raise ConfigError(f"{path}={value!r}: must be an integer >= 0")
         if key in POSITIVE_FLOATS and not (_is_number(value) and value > 0):
             raise ConfigError(f"{path}={value!r}: must be a positive number")
         if key in NON_NEGATIVE_FLOATS and not (_is_number(value) and value >= 0):

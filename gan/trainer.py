@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from gan import checkpoint
@@ -56,6 +56,12 @@ def build(cfg: DictConfig, device: torch.device):
     ``model.generator`` gets the data-derived ``out_shape``, ``model.critic`` the ``in_shape``.
     """
     data = _instantiate(cfg.data, "data")
+    size = getattr(data, "num_train", None)  # finite (image) sets: a batch must fit in the split
+    for key in ("train.batch_size", "eval.batch_size"):
+        if size is not None and OmegaConf.select(cfg, key) > size:
+            raise ConfigError(
+                f"{key}={OmegaConf.select(cfg, key)}: larger than the {size} training images of this data"
+            )
     shape = tuple(data.shape)
     where = f"for data of shape {shape}"
     generator = _instantiate(cfg.model.generator, f"model.generator {where}", out_shape=shape)

@@ -54,6 +54,14 @@ BAD_INPUTS = [
     (["eval.solver=sinkhorn"], "eval.solver='sinkhorn': must be one of auto, emd, assignment"),
     (["seed=-1"], "seed=-1: must be an integer >= 0"),
     (["train.steps=ten"], "train.steps='ten': must be a positive integer"),
+    (["objective=c_eps", "objective.eps=-1"], "objective.eps=-1: must be a positive number"),
+    (["objective=wgan_clip", "objective.clip_value=0"], "objective.clip_value=0: must be a positive number"),
+    (["eval.probe_steps=-2"], "eval.probe_steps=-2: must be an integer >= 0"),
+    (
+        ["data=digits", "eval.batch_size=5000"],
+        "eval.batch_size=5000: larger than the 1438 training images of this data",
+    ),
+    (["data=gaussians8", "model=dcgan"], "model.generator for data of shape (2,) cannot be built: "),
 ]
 
 

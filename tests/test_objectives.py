@@ -194,3 +194,16 @@ def test_probe_every_counts_evaluations(compose_cfg):
         for i in range(7)
     ]
     assert probed == [True, False, False, True, False, False, True]
+
+
+@pytest.mark.parametrize("name", ["wgan_sn", "exact_ot"])
+def test_evaluation_cadence_and_resume_do_not_change_training(compose_cfg, tmp_path, name):
+    # Spectral normalisation carries state (the power-iteration vectors) that evaluations, plots and
+    # the probe must leave alone; a run without a critic checkpoints and resumes without one.
+    train(compose_cfg(f"objective={name}", "eval.every=3"), tmp_path / "sparse")
+    train(compose_cfg(f"objective={name}", "eval.every=1"), tmp_path / "dense")
+    dense = {r["step"]: r for r in _rows(tmp_path / "dense")}
+    assert all(dense[r["step"]] == r for r in _rows(tmp_path / "sparse"))
+    train(compose_cfg(f"objective={name}", "train.steps=4"), tmp_path / "resumed")
+    train(compose_cfg(f"objective={name}", "resume=true"), tmp_path / "resumed")
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "sparse")
