@@ -23,25 +23,18 @@ like a training run, so ``scripts.summarize`` and ``tensorboard --logdir <folder
 
 from __future__ import annotations
 
-import logging
-import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from gan.app import precheck, run_job
 from gan.config import (
     ConfigError,
     check_group_choices,
-    check_output_dirs,
     group_options,
     job_dirname,
-    validate,
 )
 
-log = logging.getLogger(__name__)
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)  # used by hydra.sweep.subdir
 
 
@@ -71,52 +64,21 @@ def check_choices(overrides: list[str]) -> None:
     check_group_choices(overrides)  # model=
 
 
-def _record_failure(run_dir: str, exc: Exception) -> None:
-    """A job that stopped before run() wrote its summary still says why, in its own folder."""
-    from gan.runlog import atomic_write_json
+def _runner():
+    from gan.critic_bench import run
 
-    path = Path(run_dir) / "summary.json"
-    if not path.exists():
-        error = f"{type(exc).__name__}: {exc}"
-        atomic_write_json(
-            path, {"status": "failed", "steps_done": 0, "elapsed_s": 0.0, "final": {}, "error": error}
-        )
+    return run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="critic_bench")
 def main(cfg: DictConfig) -> float | None:
-    hydra_cfg = HydraConfig.get()
-    run_dir = hydra_cfg.runtime.output_dir
-    try:
-        validate(cfg)
-        from gan.critic_bench import run  # imported after validation: bad input fails sooner
-
-        log.info("run folder: %s", run_dir)
-        summary = run(cfg, run_dir)  # raises ConfigError from setup, before it writes anything
-    except ConfigError as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            _record_failure(run_dir, exc)
-            raise  # the launcher records it and goes on with the other jobs
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as exc:
-        _record_failure(run_dir, exc)
-        raise
-    print(f"run folder: {run_dir}\nsee the curves: tensorboard --logdir {run_dir}")
+    summary = run_job(cfg, _runner)
     # The sweep objective for Hydra's optimisation sweepers: the estimate's error against the true W1.
     return summary["final"].get("critic_true_rel_error")
 
 
 def cli() -> None:
-    overrides = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
-    try:
-        check_output_dirs(overrides)
-        check_choices(overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except Exception:
-        pass  # malformed overrides: let Hydra report them in its own words
+    precheck(check_choices)
     main()
 
 

@@ -27,13 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from gan import checkpoint
+from gan.app import instantiate_or_fail
 from gan.config import ConfigError
 from gan.evaluation import eval_generator
 from gan.plots import toy_scatter
@@ -263,18 +262,6 @@ def evaluate(critic, problem, objective, eval_cfg, truth: dict[str, float], *, r
 # Setup, checkpoints, TensorBoard
 
 
-def _instantiate(node, what: str, **kwargs):
-    """``hydra.utils.instantiate`` whose failures become one-line :class:`ConfigError` s naming ``what``."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__ or exc
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ConfigError(f"{what} cannot be built: {reason}") from None
-
-
 def check(cfg: DictConfig) -> None:
     """The benchmark's own keys (``gan.config.validate`` checks the shared ones by name)."""
     points = cfg.eval.box_points
@@ -284,14 +271,15 @@ def check(cfg: DictConfig) -> None:
 
 def build(cfg: DictConfig, device: torch.device):
     """Problem, critic (after ``objective.prepare_critic``), objective and the critic's optimiser."""
-    objective = _instantiate(cfg.objective, "objective")
+    objective = instantiate_or_fail(cfg.objective, "objective")
     if getattr(objective, "name", None) not in CRITIC_OBJECTIVES:
         raise ConfigError(
             f"objective={getattr(objective, 'name', cfg.objective._target_)} trains no W1 critic; "
             f"choose one of: {', '.join(CRITIC_OBJECTIVES)}"
         )
-    problem = _instantiate(cfg.problem, "problem", device=str(device))
-    critic = _instantiate(cfg.model.critic, f"model.critic for dim={problem.dim}", in_shape=(problem.dim,))
+    problem = instantiate_or_fail(cfg.problem, "problem", device=str(device))
+    shape = (problem.dim,)
+    critic = instantiate_or_fail(cfg.model.critic, f"model.critic for dim={problem.dim}", in_shape=shape)
     critic = objective.prepare_critic(critic.to(device))
     opt_c = objective.critic_optimizer(critic.parameters())
     return problem, critic, objective, opt_c

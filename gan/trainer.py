@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from gan import checkpoint
+from gan.app import instantiate_or_fail
 from gan.config import ConfigError
 from gan.evaluation import eval_generator, evaluate, sample_generator
 from gan.image_eval import generator_grid, is_image_data, load_or_train_classifier, sample_grid
@@ -55,7 +54,7 @@ def build(cfg: DictConfig, device: torch.device):
 
     ``model.generator`` gets the data-derived ``out_shape``, ``model.critic`` the ``in_shape``.
     """
-    data = _instantiate(cfg.data, "data")
+    data = instantiate_or_fail(cfg.data, "data")
     size = getattr(data, "num_train", None)  # finite (image) sets: a batch must fit in the split
     for key in ("train.batch_size", "eval.batch_size"):
         if size is not None and OmegaConf.select(cfg, key) > size:
@@ -64,26 +63,14 @@ def build(cfg: DictConfig, device: torch.device):
             )
     shape = tuple(data.shape)
     where = f"for data of shape {shape}"
-    generator = _instantiate(cfg.model.generator, f"model.generator {where}", out_shape=shape)
-    objective = _instantiate(cfg.objective, "objective")
+    generator = instantiate_or_fail(cfg.model.generator, f"model.generator {where}", out_shape=shape)
+    objective = instantiate_or_fail(cfg.objective, "objective")
     critic = None
     if objective.uses_critic:
-        critic = _instantiate(cfg.model.critic, f"model.critic {where}", in_shape=shape)
+        critic = instantiate_or_fail(cfg.model.critic, f"model.critic {where}", in_shape=shape)
         critic = objective.prepare_critic(critic.to(device))
     opt_g, opt_c = objective.optimizers(generator.to(device), critic)
     return data, generator, critic, objective, opt_g, opt_c
-
-
-def _instantiate(node, what: str, **kwargs):
-    """``hydra.utils.instantiate`` whose failures become one-line :class:`ConfigError` s naming ``what``."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__ or exc
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ConfigError(f"{what} cannot be built: {reason}") from None
 
 
 def _all_finite(*modules) -> bool:

@@ -1,0 +1,82 @@
+"""What every Hydra entry point that writes a run folder shares: one-line errors, failure records."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from gan.config import ConfigError, check_output_dirs, validate
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_or_fail(node, what: str, **kwargs):
+    """``hydra.utils.instantiate`` whose failures become one-line :class:`ConfigError` s naming ``what``."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        raise ConfigError(f"{what} cannot be built: {reason}") from None
+
+
+def record_failure(run_dir: str | Path, exc: Exception) -> None:
+    """A job that stopped before it wrote its summary still says why, in its own folder."""
+    from gan.runlog import atomic_write_json  # loads torch: only when there is a failure to record
+
+    path = Path(run_dir) / "summary.json"
+    if not path.exists():
+        error = f"{type(exc).__name__}: {exc}"
+        summary = {"status": "failed", "steps_done": 0, "elapsed_s": 0.0, "final": {}, "error": error}
+        atomic_write_json(path, summary)
+
+
+def run_job(cfg: DictConfig, load_runner: Callable[[], Callable[[DictConfig, str], dict]]) -> dict:
+    """Validate ``cfg``, then run ``load_runner()(cfg, run_dir)`` in Hydra's run folder.
+
+    ``load_runner`` imports the runner only after validation, so bad input fails without loading torch.
+    A :class:`ConfigError` ends a single run with one line and exit code 2; in a multirun it is recorded
+    in the job's ``summary.json`` and raised, so the launcher goes on with the other jobs.
+    """
+    hydra_cfg = HydraConfig.get()
+    run_dir = hydra_cfg.runtime.output_dir
+    try:
+        validate(cfg)
+        runner = load_runner()
+        log.info("run folder: %s", run_dir)
+        summary = runner(cfg, run_dir)  # raises ConfigError from setup, before it writes anything
+    except ConfigError as exc:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            record_failure(run_dir, exc)
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as exc:
+        record_failure(run_dir, exc)
+        raise
+    print(f"run folder: {run_dir}\nsee the curves: tensorboard --logdir {run_dir}")
+    return summary
+
+
+def precheck(checks: Callable[[list[str]], None]) -> None:
+    """Run ``checks`` (and the output-folder check) on the command line's overrides before Hydra starts,
+    turning a :class:`ConfigError` into one line on stderr and exit code 2."""
+    overrides = [arg for arg in sys.argv[1:] if not arg.startswith("-")]
+    try:
+        check_output_dirs(overrides)
+        checks(overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except Exception:
+        pass  # malformed overrides: let Hydra report them in its own words
