@@ -23,7 +23,6 @@ like a training run, so ``scripts.summarize`` and ``tensorboard --logdir <folder
 
 from __future__ import annotations
 
-
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
