@@ -177,5 +177,6 @@ class StopRequests:
             return
         previous = self._previous.get(self.signum)
         if callable(previous) and previous is not signal.default_int_handler:
-            previous(self.signum, None)
+            previous(self.signum, None)  # submitit's: requeues (and exits) on its pre-emption signal
+            return
         raise SystemExit(128 + self.signum)
