@@ -36,7 +36,7 @@ from gan.app import instantiate_or_fail
 from gan.config import ConfigError
 from gan.evaluation import eval_generator
 from gan.plots import toy_scatter
-from gan.runlog import atomic_torch_save, atomic_write_json, is_finite_row, tb_tag, write_hparams
+from gan.runlog import atomic_torch_save, atomic_write_json, is_finite_row, run_summary, tb_tag, write_hparams
 from gan.trainer import Diverged, seed_everything
 from metrics import known
 from metrics.critic import (
@@ -485,19 +485,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         if saved:
             save(step)
         elapsed = elapsed_before + time.perf_counter() - started
-        summary = {
-            "status": status,
-            "steps_done": step,
-            "elapsed_s": round(elapsed, 3),
-            "train_s": round(elapsed - eval_s, 3),
-            "eval_s": round(eval_s, 3),
-            "ot_nonoptimal_total": nonoptimal,
-            "final": final,
-        }
-        if status == "diverged":
-            summary["diverged_at_step"] = step
-        if error:
-            summary["error"] = error
+        summary = run_summary(
+            status=status, steps_done=step, elapsed=elapsed, eval_s=eval_s, nonoptimal=nonoptimal,
+            final=final, error=error,
+        )  # fmt: skip
         log.info(
             "%s after %d steps in %.1fs (evaluation %.1fs); %s",
             status,

@@ -91,6 +91,24 @@ def is_finite_row(row: dict) -> bool:
     return all(math.isfinite(v) for v in row.values() if isinstance(v, float))
 
 
+def run_summary(*, status, steps_done, elapsed, eval_s, nonoptimal, final, error=None) -> dict:
+    """The ``summary.json`` of a run folder (DESIGN.md's contract plus the time split and solver count)."""
+    summary = {
+        "status": status,
+        "steps_done": steps_done,
+        "elapsed_s": round(elapsed, 3),
+        "train_s": round(elapsed - eval_s, 3),
+        "eval_s": round(eval_s, 3),
+        "ot_nonoptimal_total": nonoptimal,
+        "final": final,
+    }
+    if status == "diverged":
+        summary["diverged_at_step"] = steps_done
+    if error:
+        summary["error"] = error
+    return summary
+
+
 def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
     writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
     writer.add_custom_scalars(

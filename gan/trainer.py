@@ -30,7 +30,7 @@ from gan.config import ConfigError
 from gan.evaluation import eval_generator, evaluate, sample_generator
 from gan.image_eval import generator_grid, is_image_data, load_or_train_classifier, sample_grid
 from gan.plots import toy_scatter
-from gan.runlog import atomic_write_json, is_finite_row, open_writer, tb_tag, write_hparams
+from gan.runlog import atomic_write_json, is_finite_row, open_writer, run_summary, tb_tag, write_hparams
 
 log = logging.getLogger(__name__)
 
@@ -222,19 +222,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         if saved:
             save_checkpoint(step)
         elapsed = elapsed_before + time.perf_counter() - started
-        summary = {
-            "status": status,
-            "steps_done": step,
-            "elapsed_s": round(elapsed, 3),
-            "train_s": round(elapsed - eval_s, 3),
-            "eval_s": round(eval_s, 3),
-            "ot_nonoptimal_total": nonoptimal,
-            "final": final,
-        }
-        if status == "diverged":
-            summary["diverged_at_step"] = step
-        if error:
-            summary["error"] = error
+        summary = run_summary(
+            status=status, steps_done=step, elapsed=elapsed, eval_s=eval_s, nonoptimal=nonoptimal,
+            final=final, error=error,
+        )  # fmt: skip
         checkpoint_note = "checkpoint saved" if saved else "no new checkpoint"
         log.info(
             "%s after %d steps in %.1fs (evaluation %.1fs); %s",
