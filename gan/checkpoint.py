@@ -46,15 +46,23 @@ def save(
     atomic_torch_save(checkpoint_path(run_dir), state)
 
 
-def load(path: Path) -> dict:
-    """Load a checkpoint with ``weights_only=True``; one-line :class:`ConfigError` when unreadable."""
+TRAIN_CHECKPOINT = (
+    "experiments.train",
+    lambda state: {"step", "generator", "opt_g", "train_rng", "config"} <= set(state),
+)
+
+
+def load(path: Path, owner=TRAIN_CHECKPOINT) -> dict:
+    """Load a checkpoint with ``weights_only=True``; one-line :class:`ConfigError` when unreadable or not
+    written by ``owner``, a pair (entry point's name, predicate on the loaded dict)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"checkpoint {path} cannot be read (truncated or corrupt?): {reason}") from None
-    if not isinstance(state, dict) or not {"step", "generator", "opt_g", "train_rng", "config"} <= set(state):
-        raise ConfigError(f"checkpoint {path} is not a checkpoint of experiments.train")
+    name, is_ours = owner
+    if not isinstance(state, dict) or not is_ours(state):
+        raise ConfigError(f"checkpoint {path} is not a checkpoint of {name}")
     return state
 
 
@@ -76,7 +84,7 @@ def config_differences(stored: dict, cfg: DictConfig) -> list[str]:
     )
 
 
-def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> dict | None:
+def prepare_run_dir(run_dir: Path, cfg: DictConfig, owner=TRAIN_CHECKPOINT) -> dict | None:
     """Check the run folder before training; returns the checkpoint to resume from, or ``None``.
 
     * ``resume=false`` and the folder already holds a run: refuse (never mix two runs in one folder).
@@ -96,7 +104,7 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> dict | None:
         if (run_dir / "metrics.jsonl").exists():
             (run_dir / "metrics.jsonl").unlink()  # lines written before any checkpoint are redone
         return None
-    state = load(path)
+    state = load(path, owner)
     diff = config_differences(state["config"], cfg)
     if diff:
         raise ConfigError(

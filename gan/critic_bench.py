@@ -301,34 +301,7 @@ def save_checkpoint(run_dir: Path, *, step, critic, opt_c, train_rng, cfg, elaps
     atomic_torch_save(checkpoint.checkpoint_path(run_dir), state)
 
 
-def prepare_run_dir(run_dir: Path, cfg: DictConfig) -> dict | None:
-    """The checkpoint to resume from, or ``None`` to start fresh; the rules of
-    :func:`gan.checkpoint.prepare_run_dir` for this benchmark's checkpoints."""
-    existing = [name for name in checkpoint.RUN_FILES if (run_dir / name).exists()]
-    if not cfg.resume:
-        if existing:
-            raise ConfigError(
-                f"{run_dir} already holds a run ({', '.join(existing)}); "
-                "pass resume=true to continue it, or choose another hydra.run.dir"
-            )
-        return None
-    path = checkpoint.checkpoint_path(run_dir)
-    if not path.exists():
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # lines written before any checkpoint are redone
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unreadable file is the same one-line error
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"checkpoint {path} cannot be read (truncated or corrupt?): {reason}") from None
-    if not isinstance(state, dict) or state.get("kind") != "critic_bench":
-        raise ConfigError(f"checkpoint {path} is not a checkpoint of experiments.critic_bench")
-    diff = checkpoint.config_differences(state["config"], cfg)
-    if diff:
-        raise ConfigError(
-            f"cannot resume {run_dir}: the config differs from the stored run in: {', '.join(diff)}"
-        )
-    return state
+CHECKPOINT_OWNER = ("experiments.critic_bench", lambda state: state.get("kind") == "critic_bench")
 
 
 def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
@@ -384,7 +357,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     metrics_path = run_dir / "metrics.jsonl"
 
     start, elapsed_before, eval_before, rows_written = 0, 0.0, 0.0, 0
-    state = prepare_run_dir(run_dir, cfg)
+    state = checkpoint.prepare_run_dir(run_dir, cfg, CHECKPOINT_OWNER)
     if state is not None:
         try:
             critic.load_state_dict(state["critic"])
