@@ -18,7 +18,8 @@ GROUPS = ("data", "model", "objective", "eval", "experiment")
 
 POSITIVE_INTS = {
     "steps", "batch_size", "every", "large_n", "width", "depth", "latent_dim", "critic_steps",
-    "log_every", "checkpoint_every", "n_modes", "threads", "power_iterations", "max_iter",
+    "log_every", "checkpoint_every", "n_modes", "threads", "power_iterations", "max_iter", "draws",
+    "parallel_seeds",
 }  # fmt: skip
 NON_NEGATIVE_INTS = {"probe_every", "probe_steps"}
 NULLABLE = {"threads", "probe_lr", "max_iter"}
