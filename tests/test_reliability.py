@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,6 +112,50 @@ def test_interrupt_saves_a_checkpoint_and_resumes_exactly(tmp_path, uninterrupte
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert _lines(run_dir) == _lines(uninterrupted)
+
+
+def _submitit_task_pid(sweep_dir):
+    """The pid of the job process that submitit's local controller started for this sweep."""
+    for proc_dir in Path("/proc").iterdir():
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if b"submitit.core._submit" in cmdline and any(str(sweep_dir).encode() in a for a in cmdline):
+            return int(proc_dir.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the job process through /proc")
+def test_preempted_submitit_job_is_requeued_and_resumes_exactly(tmp_path, uninterrupted):
+    # What SLURM does on pre-emption, through the same launcher code: submitit's signal (USR2) reaches
+    # the job process, the run saves a checkpoint, submitit requeues the job (locally: restarts it),
+    # and the requeued job, started again with resume=true in its own folder, continues.
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "experiments.train", "--multirun", *KILLABLE, "resume=true",
+            "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}",
+        ],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    run_dirs = lambda: [p for p in sweep_dir.glob("0_*") if (p / "metrics.jsonl").exists()]  # noqa: E731
+    _wait_for(lambda: run_dirs() and len(_lines(run_dirs()[0])) >= 3, proc)
+    pid = _submitit_task_pid(sweep_dir)
+    assert pid is not None, "no submitit job process found"
+    os.kill(pid, signal.SIGUSR2)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+
+    (run_dir,) = run_dirs()
+    logs = "".join(p.read_text() for p in sorted((sweep_dir / ".submitit").rglob("*_log.*")))
+    assert "Requeued job" in logs, logs[-2000:]
+    assert "resuming at step" in logs, logs[-2000:]
+    assert _lines(run_dir) == _lines(uninterrupted)
+    assert _summary(run_dir)["status"] == "completed"
+    assert _summary(run_dir)["final"] == _summary(uninterrupted)["final"]
+    check_run_folder(run_dir)
 
 
 def test_resuming_with_more_steps_equals_one_longer_run(compose_cfg, tmp_path):
