@@ -96,10 +96,11 @@ TRAIN_CASES = [
     TrainCase("issue 7's MLP", ("model.generator.width=512", "model.critic.width=512"), steps=12),
 ]
 
-# Image run: replace None with its overrides (e.g. ("data=mnist",)) once the image data sets exist.
 DEFAULT_RUNS = [
     DefaultRun("default toy run", (), 0.10),
-    DefaultRun("default image run", None, 0.15, pending_note="measured once image data lands"),
+    # About 35 minutes on 2 CPU cores, too long for `make bench`: measured on its own, see the section
+    # "The default image run" in docs/PERFORMANCE.md.
+    DefaultRun("default image run", None, 0.15, pending_note="measured separately, see below"),
 ]
 
 # Where an evaluation's time goes: ``eval`` keys changed from the default config (keys the config
@@ -831,9 +832,10 @@ def render_report(
     n = threads[0].threads if threads else torch.get_num_threads()
     return f"""# Performance
 
-Written by `{command}`; `make bench` runs `{COMMAND}` and rewrites this page. Every figure that is compared
-with a target is a ratio of measurements taken in the same run, their repetitions interleaved, and
-the median is quoted: the machine is shared, so absolute speeds drift, ratios much less.
+Written by `{command}`; `make bench` runs `{COMMAND}` and rewrites this part of the page
+(the sections after it are written by the commands they name). Every figure that is compared with a
+target is a ratio of measurements taken in the same run, their repetitions interleaved, and the
+median is quoted: the machine is shared, so absolute speeds drift, ratios much less.
 
 {markdown_table(["", ""], info)}
 
@@ -897,6 +899,21 @@ Where one evaluation's time goes, timed in this process on the default config's 
 """
 
 
+def write_section(path: Path, name: str, text: str) -> None:
+    """Put ``text`` between ``name``'s begin/end markers in ``path``, keeping everything outside them, so
+    that several benchmark commands can each own a part of one page. A section not yet on the page is
+    appended; a page with no sections at all (new, or from before them) becomes this one section."""
+    begin, end = f"<!-- begin {name}: rewritten by the command below -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{text.strip()}\n{end}\n"
+    old = path.read_text() if path.exists() else ""
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        block = head + block + rest.split(end, 1)[1]
+    elif "<!-- begin " in old:
+        block = f"{old.rstrip()}\n\n{block}"
+    atomic_write_bytes(path, block.encode())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -956,7 +973,7 @@ def main(argv=None) -> int:
     if out is None:
         print(report)
     else:
-        atomic_write_bytes(Path(out), report.encode())
+        write_section(Path(out), "scripts.bench", report)
         log(f"wrote {out} in {(time.perf_counter() - started) / 60:.1f} min")
     disagree = [(r.n, r.d) for r in solvers if not r.agree[0]]
     if disagree:

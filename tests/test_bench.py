@@ -117,3 +117,17 @@ def test_the_evaluation_breakdown_times_every_variant(one_thread):
     assert [r.name for r in results] == [name for name, _ in bench.EVAL_VARIANTS]
     assert all(len(r.seconds) == 1 and r.seconds[0] > 0 for r in results)
     assert bench.evaluation_table(results).count("\n") == 1 + len(results)
+
+
+def test_write_section_replaces_only_its_own_part(tmp_path):
+    page = tmp_path / "PERFORMANCE.md"
+    bench.write_section(page, "a", "# first")
+    assert page.read_text().count("# first") == 1
+    page.write_text(page.read_text() + "\nwritten by hand\n")
+    bench.write_section(page, "b", "second")  # a second owner adds its section at the end
+    bench.write_section(page, "a", "# first, again")
+    text = page.read_text()
+    assert "# first, again" in text and "# first\n" not in text
+    assert text.index("# first, again") < text.index("written by hand") < text.index("second")
+    bench.write_section(page, "b", "second, again")
+    assert "second, again" in page.read_text() and "written by hand" in page.read_text()
