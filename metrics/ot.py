@@ -115,11 +115,14 @@ def solve(x, y, *, p: int = 1, solver: str = "auto", max_iter: int | None = None
     """
     if p < 1:
         raise ValueError(f"p must be >= 1, got {p}")
-    cost = cost_matrix(x, y, p=p)
+    return _solve_cost(cost_matrix(x, y, p=p), _as_float64(x).shape[1], solver=solver, max_iter=max_iter)
+
+
+def _solve_cost(cost: np.ndarray, d: int, *, solver: str, max_iter: int | None) -> Transport:
+    """:func:`solve` on a ground-cost matrix already built from ``d``-dimensional points."""
     n, m = cost.shape
     if n == 0 or m == 0:
         raise ValueError(f"both clouds need at least one point, got n={n}, m={m}")
-    d = _as_float64(x).shape[1]
     kind = _pick_solver(solver, n, m, d)
     if kind == "assignment":
         rows, cols = linear_sum_assignment(cost)
@@ -171,8 +174,10 @@ def batch_distances(x, y, *, solver: str = "auto") -> dict[str, float]:
         ``{W1_EXACT: W1(x, y), W2_EXACT: W2(x, y), OT_NONOPTIMAL: count of the two solves that
         stopped before optimality}``.
     """
-    w1 = solve(x, y, p=1, solver=solver)
-    w2 = solve(x, y, p=2, solver=solver)
+    distances = cost_matrix(x, y, p=1)  # built once: the W2 cost is its square
+    d = _as_float64(x).shape[1]
+    w1 = _solve_cost(distances, d, solver=solver, max_iter=None)
+    w2 = _solve_cost(distances**2, d, solver=solver, max_iter=None)
     return {
         W1_EXACT: w1.cost,
         W2_EXACT: w2.cost**0.5,
