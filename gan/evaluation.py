@@ -9,9 +9,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from gan.image_eval import image_quality, is_image_data
+from gan.image_eval import image_quality, inception_fid, is_image_data
 from metrics.critic import (
+    CRITIC_ESTIMATE,
+    CRITIC_GAP,
+    CRITIC_REL_ERROR,
+    CTRANSFORM_BOUND,
     GRAD_OT_COSINE,
+    LIPSCHITZ_MAX,
     critic_vs_w1,
     ctransform_bound,
     grad_ot_cosine,
@@ -19,10 +24,18 @@ from metrics.critic import (
     lipschitz_max,
     probe_vs_w1,
 )
-from metrics.ot import W1_EXACT, batch_distances, wasserstein
+from metrics.ot import OT_NONOPTIMAL, W1_EXACT, W2_EXACT, batch_distances, wasserstein
 from metrics.quality import large_sample_w1, mode_coverage
+from metrics.stats import CI95_SUFFIX, t_interval
 
 W1_REAL_REAL = "w1_real_real"
+# Measured on each pair of evaluation batches: with eval.draws > 1, averaged over the draws with a 95%
+# interval beside the mean. Counters are summed instead. Every other key is measured once per evaluation.
+PER_DRAW_KEYS = (
+    W1_EXACT, W2_EXACT, W1_REAL_REAL, CRITIC_ESTIMATE, CRITIC_GAP, CRITIC_REL_ERROR,
+    CTRANSFORM_BOUND, LIPSCHITZ_MAX, GRAD_OT_COSINE,
+)  # fmt: skip
+SUMMED_KEYS = (OT_NONOPTIMAL,)
 
 
 def eval_generator(seed: int, step: int, device: torch.device | str) -> torch.Generator:
@@ -80,10 +93,10 @@ def probe_critic(
 
 
 def critic_diagnostics(
-    objective, critic: nn.Module, real, fake, row: dict, eval_cfg, *, rng, index: int, train_mode: bool
+    objective, critic: nn.Module, real, fake, row: dict, eval_cfg, *, rng, probe: bool, train_mode: bool
 ) -> dict[str, float]:
-    """``ctransform_bound``, ``lipschitz_max``, ``grad_ot_cosine`` and, every ``probe_every``
-    evaluations, ``probe_estimate`` / ``probe_gap`` (definitions in :mod:`metrics.critic`)."""
+    """``ctransform_bound``, ``lipschitz_max``, ``grad_ot_cosine`` and, when ``probe`` is set,
+    ``probe_estimate`` / ``probe_gap`` against ``row[w1_exact]`` (definitions in :mod:`metrics.critic`)."""
     out = ctransform_bound(critic(real), real, fake)
     out.update(lipschitz_max(critic, real, fake, seed=_draw_seed(rng)))
     # The generator's update moves y along the gradient of the critic's value on generated points
@@ -92,8 +105,8 @@ def critic_diagnostics(
     cosine = grad_ot_cosine(grad, real, fake, solver=eval_cfg.solver)
     if math.isfinite(cosine[GRAD_OT_COSINE]):  # NaN only when the plan moves no point: left out
         out.update(cosine)
-    if eval_cfg.probe_every and eval_cfg.probe_steps and index % eval_cfg.probe_every == 0:
-        probe = probe_critic(
+    if probe:
+        probe_net = probe_critic(
             objective,
             critic,
             real,
@@ -103,7 +116,37 @@ def critic_diagnostics(
             lr=eval_cfg.probe_lr,
             train_mode=train_mode,
         )
-        out.update(probe_vs_w1(*objective.critic_values(probe, real, fake), row[W1_EXACT]))
+        out.update(probe_vs_w1(*objective.critic_values(probe_net, real, fake), row[W1_EXACT]))
+    return out
+
+
+def _batch_pair(generator, critic, data, objective, eval_cfg, rng):
+    """Metrics of one pair of batches drawn from ``rng`` (real ``x``, ``x'``, generated ``y``), and x, y."""
+    real = data.sample(eval_cfg.batch_size, rng)
+    real_other = data.sample(eval_cfg.batch_size, rng)
+    fake = sample_generator(generator, eval_cfg.batch_size, rng)
+    row = batch_distances(real, fake, solver=eval_cfg.solver)
+    row[W1_REAL_REAL] = wasserstein(real, real_other, p=1, solver=eval_cfg.solver)
+    if critic is not None:
+        row.update(critic_vs_w1(*objective.critic_values(critic, real, fake), row[W1_EXACT]))
+    return row, real, fake
+
+
+def combine_draws(rows: list[dict]) -> dict:
+    """One row from the rows of several draws: :data:`PER_DRAW_KEYS` averaged, with ``<key>_ci95`` (the
+    half-width of the 95% Student-t interval, :func:`metrics.stats.t_interval`) right after each mean
+    when at least two draws have the key; :data:`SUMMED_KEYS` summed; any other key from the first draw
+    that has it. Keys keep the order in which the draws first give them."""
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    out = {}
+    for key in keys:
+        values = [row[key] for row in rows if key in row]
+        if key in SUMMED_KEYS:
+            out[key] = sum(values)
+        elif key in PER_DRAW_KEYS and len(values) > 1:
+            out[key], out[key + CI95_SUFFIX] = t_interval(values)
+        else:
+            out[key] = values[0]
     return out
 
 
@@ -118,51 +161,77 @@ def evaluate(
     rng: torch.Generator,
     index: int,
     classifier: nn.Module | None = None,
+    inception: nn.Module | None = None,
 ) -> dict[str, float]:
     """Metrics of the current models on fresh batches drawn from ``rng``.
 
     On one real batch ``x``, a second real batch ``x'`` and a generated batch ``y`` (all of
     ``eval_cfg.batch_size``): ``w1_exact = W1(x, y)``, ``w2_exact``, ``w1_real_real = W1(x, x')`` and,
     when there is a critic, its estimate against ``w1_exact`` (``objective.critic_values``). Then
-    quality on ``eval_cfg.large_n`` generated samples against as many held-out real ones. Then, when
-    there is a critic, the critic diagnostics on ``x`` and ``y`` (:func:`critic_diagnostics`); the
-    converged-critic probe runs when ``index`` (evaluations counted from 0) is a multiple of
+    quality on ``eval_cfg.large_n`` generated samples against as many held-out real ones (FID and the
+    other classifier metrics when ``classifier`` is given, ``fid_inception`` when ``inception`` is).
+    Then, when there is a critic, the critic diagnostics on ``x`` and ``y`` (:func:`critic_diagnostics`);
+    the converged-critic probe runs when ``index`` (evaluations counted from 0) is a multiple of
     ``eval_cfg.probe_every``. Objectives without a critic get no critic keys at all.
+
+    With ``eval_cfg.draws = k > 1``, ``k - 1`` more triples of batches follow from ``rng``, each with
+    the per-batch metrics and critic diagnostics, and the row reports (:func:`combine_draws`):
+
+    * averaged over the ``k`` draws, each with ``<key>_ci95``, the half-width of the two-sided 95%
+      Student-t interval for the mean (t with ``k - 1`` degrees of freedom times the standard error):
+      ``w1_exact``, ``w2_exact``, ``w1_real_real``, ``critic_estimate``, ``critic_gap``,
+      ``critic_rel_error`` (the mean of the per-draw ratios), ``ctransform_bound``, ``lipschitz_max``
+      and ``grad_ot_cosine`` (over the draws where it is defined);
+    * summed over the draws: ``ot_nonoptimal``;
+    * measured once, on the first draw: the large-sample quality (``w1_large``, mode coverage, image
+      quality, ``fid_inception``), already averaged over ``large_n`` samples, and the probe (trained on
+      the first draw's batches, so ``probe_gap`` is against that draw's ``w1_exact``, not the mean).
+
+    The first draw takes the same random numbers whatever ``draws`` is, so a ``draws = 1`` row is
+    exactly the first draw's metrics, with no ``_ci95`` keys.
 
     The models are put in ``eval()`` mode for the evaluation and restored after it; nothing here
     changes their parameters, buffers or optimisers.
     """
-    batch_size, large_n, solver = eval_cfg.batch_size, eval_cfg.large_n, eval_cfg.solver
+    large_n, solver = eval_cfg.large_n, eval_cfg.solver
     if is_image_data(data):  # a finite held-out split: no repeated images in the real sample
         large_n = min(large_n, data.num_heldout)
+    probe = bool(eval_cfg.probe_every and eval_cfg.probe_steps and index % eval_cfg.probe_every == 0)
     modes = [(m, m.training) for m in (generator, critic) if m is not None]
     critic_mode = critic is not None and critic.training
     for module, _ in modes:
         module.eval()
     try:
-        real = data.sample(batch_size, rng)
-        real_other = data.sample(batch_size, rng)
-        fake = sample_generator(generator, batch_size, rng)
-        row = batch_distances(real, fake, solver=solver)
-        row[W1_REAL_REAL] = wasserstein(real, real_other, p=1, solver=solver)
-        if critic is not None:
-            row.update(critic_vs_w1(*objective.critic_values(critic, real, fake), row[W1_EXACT]))
+        row, real, fake = _batch_pair(generator, critic, data, objective, eval_cfg, rng)
 
         fake_large = sample_generator(generator, large_n, rng)
         real_large = data.sample_heldout(large_n, rng)
         row.update(large_sample_w1(fake_large, real_large, solver=solver))
         if classifier is not None:  # FID, KID, precision/recall, label entropy (no draws from rng)
             row.update(image_quality(fake_large, real_large, classifier=classifier))
+        if inception is not None:
+            row.update(
+                inception_fid(fake_large, real_large, extractor=inception, value_range=data.pixel_range)
+            )
         if getattr(data, "modes", None) is not None:
             row.update(mode_coverage(fake_large, data.modes, data.std))
 
+        def diagnose(row, real, fake, probe):
+            return critic_diagnostics(
+                objective, critic, real, fake, row, eval_cfg, rng=rng, probe=probe, train_mode=critic_mode
+            )
+
         # Drawn last from rng, so the metrics above do not depend on whether these run.
         if critic is not None:
-            diagnostics = critic_diagnostics(
-                objective, critic, real, fake, row, eval_cfg, rng=rng, index=index, train_mode=critic_mode
-            )
-            row.update(diagnostics)
+            row.update(diagnose(row, real, fake, probe))
+
+        draws = [row]
+        for _ in range(1, eval_cfg.draws):
+            more, real, fake = _batch_pair(generator, critic, data, objective, eval_cfg, rng)
+            if critic is not None:
+                more.update(diagnose(more, real, fake, probe=False))
+            draws.append(more)
     finally:
         for module, was_training in modes:
             module.train(was_training)
-    return row
+    return row if len(draws) == 1 else combine_draws(draws)

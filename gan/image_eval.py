@@ -5,10 +5,11 @@ How a training run uses it: the classifier once before training, then at each ev
 of the ``eval.large_n`` generated and held-out real images already drawn for ``w1_large`` (``large_n``
 bounded by ``data.num_heldout`` for image sets), and a grid from its own generator::
 
-    classifier = load_or_train_classifier(data, device=device)
+    classifier, inception = quality_networks(data, cfg.eval, device=device)  # None when off
     ...
     row.update(large_sample_w1(fake_large, real_large, solver=solver))  # exact W1 on flattened pixels
     row.update(image_quality(fake_large, real_large, classifier=classifier))
+    row.update(inception_fid(fake_large, real_large, extractor=inception, value_range=data.pixel_range))
     ...
     grid = generator_grid(generator, eval_generator(seed, step, device), value_range=data.pixel_range)
     writer.add_image("samples/generated", grid, step)
@@ -114,6 +115,29 @@ def load_or_train_classifier(
     save_classifier(path, model, data_key=data.cache_key, training=training)
     log.info("classifier for %s saved to %s", data.name, path)
     return model
+
+
+def quality_networks(data, eval_cfg, *, device: str | torch.device = "cpu"):
+    """The feature networks an evaluation of ``data`` uses: ``(classifier, inception)``, each ``None``
+    when off (``eval_cfg.image_quality``, ``eval_cfg.inception_weights``) and both ``None`` for toy data.
+
+    The Inception weights are checked first, so a missing file stops a run with one line
+    (:class:`gan.config.ConfigError`) before a classifier is trained or anything is written.
+    """
+    if not is_image_data(data):
+        return None, None
+    from gan.config import ConfigError
+
+    inception = None
+    if eval_cfg.inception_weights:
+        try:
+            inception = inception_feature_extractor(eval_cfg.inception_weights)
+        except ConfigError as exc:
+            raise ConfigError(f"eval.inception_weights: {exc}") from None
+    classifier = None
+    if eval_cfg.image_quality:
+        classifier = load_or_train_classifier(data, eval_cfg.classifier_dir, device=device)
+    return classifier, inception
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ TB_TAGS = {
     "label_entropy": "quality/label_entropy",
     "classes_covered": "quality/classes_covered",
     "prediction_entropy": "quality/prediction_entropy",
+    "fid_inception": "quality/fid_inception",
 }
 
 CRITIC_VS_OT_CHART = ["critic/estimate", "ot/w1_exact", "ot/w1_real_real"]
@@ -52,6 +53,10 @@ ESTIMATES_CHART = [
 
 
 def tb_tag(key: str) -> str:
+    """The tag of a metrics key; ``<key>_ci95`` (eval.draws > 1) goes beside its mean's tag."""
+    base = key.removesuffix("_ci95")
+    if base != key and base in TB_TAGS:
+        return f"{TB_TAGS[base]}_ci95"
     return TB_TAGS.get(key, f"eval/{key}")
 
 

@@ -28,7 +28,7 @@ from gan import checkpoint
 from gan.app import instantiate_or_fail
 from gan.config import ConfigError
 from gan.evaluation import eval_generator, evaluate, sample_generator
-from gan.image_eval import generator_grid, is_image_data, load_or_train_classifier, sample_grid
+from gan.image_eval import generator_grid, is_image_data, quality_networks, sample_grid
 from gan.plots import toy_scatter
 from gan.runlog import atomic_write_json, is_finite_row, open_writer, run_summary, tb_tag, write_hparams
 
@@ -90,9 +90,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     data, generator, critic, objective, opt_g, opt_c = build(cfg, device)
-    classifier = None
-    if is_image_data(data) and cfg.eval.image_quality:
-        classifier = load_or_train_classifier(data, cfg.eval.classifier_dir, device=device)
+    classifier, inception = quality_networks(data, cfg.eval, device=device)  # None for toy data or when off
     train_rng = torch.Generator(device).manual_seed(cfg.seed)
     steps, batch = cfg.train.steps, cfg.train.batch_size
     latent = generator.latent_dim
@@ -142,6 +140,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                         rng=eval_generator(cfg.seed, step, device),
                         index=step // cfg.eval.every,
                         classifier=classifier,
+                        inception=inception,
                     )
                     if not is_finite_row(row):
                         raise Diverged(step, f"metric: {row}")

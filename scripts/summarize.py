@@ -8,7 +8,8 @@ Every folder below FOLDER that holds ``.hydra/``, ``summary.json`` or ``metrics.
 (except folders of other entry points, told apart by their log: ``batch_bias.log``, ...). From
 each, it reads ``summary.json`` (status, steps, time, final metrics), ``metrics.jsonl`` (the curves),
 ``.hydra/overrides.yaml`` (the overrides that tell runs apart) and ``evaluations/*.json`` (extra
-metrics computed after training; their columns are prefixed with the file's stem). It writes, into
+metrics computed after training, such as ``experiments.evaluate``'s ``metrics``; their columns are
+prefixed with the file's stem). It writes, into
 FOLDER:
 
 * ``summary.csv``: one row per run: its path relative to FOLDER, its overrides, status, steps_done,
@@ -263,6 +264,8 @@ def load_run(root: Path, path: Path, notes: list[str]) -> Run:
             except ValueError as exc:
                 notes.append(f"{rel}: evaluations/{file.name} skipped ({exc})")
                 continue
+            if isinstance(values.get("metrics"), dict):  # experiments.evaluate: its settings are no columns
+                values = values["metrics"]
             run.extra |= {f"{file.stem}.{k}": v for k, v in _numeric_items(values).items()}
     return run
 
