@@ -4,6 +4,7 @@
     python -m experiments.train objective=wgan_gp data=gaussians25 train.steps=2000 seed=3
     python -m experiments.train --multirun seed=0,1,2             # one run folder per seed
     python -m experiments.train hydra.run.dir=outputs/my_run      # choose the run folder
+    python -m experiments.train train.parallel_seeds=8            # seeds 0..7 batched in one process
 
 Each run writes ``.hydra/``, ``metrics.jsonl``, ``summary.json``, ``checkpoints/last.pt`` and ``tb/``
 into its folder; ``tensorboard --logdir <folder>`` shows the curves.
@@ -21,7 +22,12 @@ OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)  # use
 
 
 def _trainer():
-    from gan.trainer import train
+    from gan import parallel, trainer
+
+    def train(cfg: DictConfig, run_dir: str) -> dict:
+        if cfg.train.parallel_seeds > 1:
+            return parallel.train(cfg, run_dir)
+        return trainer.train(cfg, run_dir)
 
     return train
 

@@ -135,6 +135,10 @@ def find_runs(root: Path, notes: list[str] | None = None) -> list[Path]:
     found = []
     for dirpath, dirnames, _ in os.walk(root):
         here = Path(dirpath)
+        # Hidden folders hold launcher state (.submitit) or Hydra's own files, never runs.
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _NOT_RUNS)
+        if any(is_run_folder(here / d) for d in dirnames):
+            continue  # a train.parallel_seeds job: its copies (seed_<s>/) are the runs, not the job's folder
         if is_run_folder(here):
             dirnames.clear()
             log = other_app(here)
@@ -143,9 +147,6 @@ def find_runs(root: Path, notes: list[str] | None = None) -> list[Path]:
             elif notes is not None:
                 rel = here.relative_to(root).as_posix() or "."
                 notes.append(f"{rel}: not a training run (its log is {log}); not summarised")
-            continue
-        # Hidden folders hold launcher state (.submitit) or Hydra's own files, never runs.
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in _NOT_RUNS)
     return sorted(found)
 
 
