@@ -35,17 +35,20 @@ TINY = [
 ]
 
 
+def compose_train(*overrides, tiny=TINY):
+    """The composed train config with ``tiny`` (the test budget) and then ``overrides`` applied."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose(config_name="train", overrides=[*tiny, *overrides])
+    finally:
+        GlobalHydra.instance().clear()
+
+
 @pytest.fixture
 def compose_cfg():
     """``compose_cfg(*overrides)`` gives the composed train config at the tiny test budget."""
-
-    def _compose(*overrides):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="train", overrides=[*TINY, *overrides])
-
-    yield _compose
-    GlobalHydra.instance().clear()
+    return compose_train
 
 
 def check_run_folder(*run_dirs):

@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
@@ -29,7 +27,7 @@ from gan.trainer import train
 from metrics.known import translation_vector, uniform_box
 from metrics.stats import t_interval
 from scripts.summarize import summarize
-from tests.conftest import CONF, ROOT, TINY
+from tests.conftest import ROOT, compose_train
 
 # ---------------------------------------------------------------------------------------------------
 # The interval
@@ -125,12 +123,7 @@ def test_evaluation_interval_covers_the_known_w1(compose_cfg):
 # Runs to evaluate (trained once for the module)
 
 
-def _compose(*overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*TINY, *overrides])
-    GlobalHydra.instance().clear()
-    return cfg
+_compose = compose_train
 
 
 def _train(run_dir, *overrides):

@@ -7,14 +7,12 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from gan import checkpoint, parallel, trainer
 from gan.config import ConfigError
 from scripts import bench_parallel, summarize
-from tests.conftest import CONF, ROOT, TINY, check_run_folder
+from tests.conftest import ROOT, TINY, check_run_folder, compose_train
 
 # The copies' forward and backward passes are batched matrix products over stacked weights, which can
 # round differently from the single run's unbatched ones (here: the critic's scalar output layer, the
@@ -29,12 +27,7 @@ SEEDS = (5, 6, 7)
 
 
 def _compose(*overrides):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose(config_name="train", overrides=[*SHORT, *overrides])
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_train(*overrides, tiny=SHORT)
 
 
 def _rows(run_dir):

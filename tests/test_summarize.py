@@ -9,23 +9,16 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from gan.trainer import train
 from scripts.summarize import fmt_mean_sd, parse_override, read_overrides_yaml, summarize
-from tests.conftest import CONF, ROOT, TINY
+from tests.conftest import ROOT, compose_train
 
 CRITIC_KEYS = ("critic_estimate", "critic_gap", "critic_rel_error")
 
 
-def _compose(*overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*TINY, *overrides])
-    GlobalHydra.instance().clear()
-    return cfg
+_compose = compose_train
 
 
 def _run(run_dir, overrides, *, train_overrides=()):
