@@ -35,6 +35,7 @@ from gan.finished import (
     file_name,
     load_finished_run,
     one_line_errors,
+    quote_path_arguments,
     read_run_config,
     refuse_multirun,
 )
@@ -142,6 +143,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
+    quote_path_arguments()
     refuse_multirun("experiments.evaluate")
     precheck(lambda overrides: check_overrides(overrides, allowed=ALLOWED))
     main()

@@ -30,6 +30,7 @@ from gan.finished import (
     checkpoint_file,
     load_finished_run,
     one_line_errors,
+    quote_path_arguments,
     read_run_config,
     refuse_multirun,
 )
@@ -123,6 +124,7 @@ def main(cfg: DictConfig) -> None:
 
 
 def cli() -> None:
+    quote_path_arguments()
     refuse_multirun("experiments.sample")
     precheck(lambda overrides: check_overrides(overrides, allowed=ALLOWED, eval_keys=False))
     main()

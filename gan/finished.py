@@ -34,6 +34,20 @@ def one_line_errors(fn: Callable[[], Any]) -> Any:
         sys.exit(2)
 
 
+def quote_path_arguments(keys: Iterable[str] = ("run", "checkpoint", "out")) -> None:
+    """Quote the values of ``key=<path>`` arguments in ``sys.argv`` for Hydra's override parser.
+
+    Sweep job folders are named after their overrides (``3_objective=wgan_gp,seed=1``), and unquoted, the
+    ``=`` and ``,`` of such a path are override syntax. Values already in quotes are left as they are.
+    """
+    keys = tuple(keys)
+    for i, arg in enumerate(sys.argv[1:], start=1):
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and value and value[0] not in "'\"":
+            escaped = value.replace("'", "\\'")
+            sys.argv[i] = f"{key}='{escaped}'"
+
+
 def refuse_multirun(app: str) -> None:
     """Hydra's sweeps write ``multirun.yaml`` and job folders; these tools write only into the run folder."""
     if {"-m", "--multirun"} & set(sys.argv[1:]):

@@ -337,7 +337,7 @@ def _cli(module, *args, cwd):
 
 @pytest.mark.slow
 def test_evaluate_cli_writes_only_its_json_and_prints_a_table(run_copy, tmp_path):
-    run_dir = run_copy("wgan_gp")
+    run_dir = run_copy("wgan_gp").rename(tmp_path / "runs" / "1_objective=wgan_gp,seed=0")
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     before = _snapshot(run_dir)
@@ -357,7 +357,8 @@ def test_evaluate_cli_writes_only_its_json_and_prints_a_table(run_copy, tmp_path
 
 @pytest.mark.slow
 def test_sample_cli_prints_the_png_path(run_copy, tmp_path):
-    run_dir = run_copy("digits")
+    # Named like a sweep's job folder: "=" and "," in a path must not be read as override syntax.
+    run_dir = run_copy("digits").rename(tmp_path / "runs" / "0_data=digits,seed=0")
     out = _cli("experiments.sample", f"run={run_dir}", "n=16", "seed=2", cwd=tmp_path)
     assert out.returncode == 0 and out.stderr == "", out.stderr
     path = run_dir / "samples_step6_n16_seed2.png"
