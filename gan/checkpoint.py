@@ -75,10 +75,15 @@ def _flatten(node, prefix=""):
     return {prefix[:-1]: node}
 
 
+# Keys added to the config after runs were first stored, with the value that reproduces what a run
+# stored without them did: such a run still resumes when the key has that value.
+ADDED_KEYS = {"eval.draws": 1, "eval.inception_weights": None, "train.parallel_seeds": 1}
+
+
 def config_differences(stored: dict, cfg: DictConfig) -> list[str]:
     """Dotted keys whose values differ between a stored config and ``cfg``, budget keys excepted."""
     now = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    before = _flatten(stored)
+    before = {k: v for k, v in ADDED_KEYS.items() if k in now} | _flatten(stored)
     return sorted(
         k for k in now.keys() | before.keys() if k not in RESUMABLE_KEYS and now.get(k) != before.get(k)
     )

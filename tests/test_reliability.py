@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from gan import checkpoint
 from gan.config import ConfigError
 from gan.trainer import train
 from tests.conftest import ROOT, TINY, check_run_folder
@@ -215,6 +217,13 @@ def test_resume_refuses_a_different_config_and_names_the_keys(compose_cfg, tmp_p
     train(compose_cfg(), tmp_path)
     with pytest.raises(ConfigError, match=r"differs from the stored run in: model.critic.width, seed$"):
         train(compose_cfg("resume=true", "model.critic.width=8", "seed=5"), tmp_path)
+
+
+def test_a_run_stored_before_a_key_existed_resumes_with_its_old_behaviour(compose_cfg):
+    stored = OmegaConf.to_container(compose_cfg(), resolve=True)
+    del stored["eval"]["draws"], stored["eval"]["inception_weights"], stored["train"]["parallel_seeds"]
+    assert checkpoint.config_differences(stored, compose_cfg()) == []
+    assert checkpoint.config_differences(stored, compose_cfg("eval.draws=2")) == ["eval.draws"]
 
 
 def _run_cli(*overrides):
