@@ -98,9 +98,8 @@ TRAIN_CASES = [
 
 DEFAULT_RUNS = [
     DefaultRun("default toy run", (), 0.10),
-    # About 35 minutes on 2 CPU cores, too long for `make bench`: measured on its own, see the section
-    # "The default image run" in docs/PERFORMANCE.md.
-    DefaultRun("default image run", None, 0.15, pending_note="measured separately, see below"),
+    # About 40 CPU minutes, too long for `make bench`: timed on its own, docs/PERFORMANCE.md says how.
+    DefaultRun("default image run", None, 0.15, pending_note='see "The default image run"'),
 ]
 
 # Where an evaluation's time goes: ``eval`` keys changed from the default config (keys the config
@@ -750,7 +749,7 @@ def runs_table(results: list[RunResult], imports_mib: float | None = None) -> st
         if r.elapsed_s is None:
             rows.append(
                 [r.run.name, "—", "—", "—", "—", f"≤ {r.run.eval_share_target:.0%}", "—", "—",
-                 f"**not measured yet: {r.run.pending_note}**"]
+                 f"**not measured by this command: {r.run.pending_note}**"]
             )  # fmt: skip
             continue
         rows.append(

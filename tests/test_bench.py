@@ -103,7 +103,7 @@ def test_the_report_renders_with_a_pending_run():
 
     assert report.startswith("# Performance")
     assert "| toy | `python -m experiments.train` | 10.0 | 0.5 | **5.0%** | ≤ 10% | yes | 900 |" in report
-    assert "not measured yet: later" in report
+    assert "not measured by this command: later" in report
     assert "**0.955** (0.909–1.000)" in report  # framework steps/s ÷ hand-written, pairwise
     assert "0.500 (0.500–0.500)" in report  # the same in CPU time
     assert "**2.00**" in report
