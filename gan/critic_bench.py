@@ -36,7 +36,7 @@ from gan.app import instantiate_or_fail
 from gan.config import ConfigError
 from gan.evaluation import eval_generator
 from gan.plots import toy_scatter
-from gan.runlog import atomic_torch_save, atomic_write_json, is_finite_row, run_summary, tb_tag, write_hparams
+from gan.runlog import atomic_torch_save, close_run, is_finite_row, tb_tag
 from gan.trainer import Diverged, seed_everything
 from metrics import known
 from metrics.critic import (
@@ -457,22 +457,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
         saved = status == "completed" or (status == "interrupted" and error is None)
         if saved:
             save(step)
-        elapsed = elapsed_before + time.perf_counter() - started
-        summary = run_summary(
-            status=status, steps_done=step, elapsed=elapsed, eval_s=eval_s, nonoptimal=nonoptimal,
-            final=final, error=error,
+        summary = close_run(
+            run_dir, writer, cfg, status=status, steps_done=step,
+            elapsed=elapsed_before + time.perf_counter() - started, eval_s=eval_s, nonoptimal=nonoptimal,
+            final=final, error=error, saved=saved,
         )  # fmt: skip
-        log.info(
-            "%s after %d steps in %.1fs (evaluation %.1fs); %s",
-            status,
-            step,
-            elapsed,
-            eval_s,
-            "checkpoint saved" if saved else "no new checkpoint",
-        )
-        atomic_write_json(run_dir / "summary.json", summary)
-        write_hparams(writer, cfg, final, status)
-        writer.close()
     if error == "KeyboardInterrupt":
         raise SystemExit(130)
     stop.forward()  # after an interrupt: hand the signal on (submitit requeues) or exit with 128 + signal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
@@ -12,6 +13,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+log = logging.getLogger(__name__)
 
 # Stable TensorBoard tags for the metrics.jsonl keys; any other key goes under "eval/".
 TB_TAGS = {
@@ -111,6 +114,24 @@ def run_summary(*, status, steps_done, elapsed, eval_s, nonoptimal, final, error
         summary["diverged_at_step"] = steps_done
     if error:
         summary["error"] = error
+    return summary
+
+
+def close_run(
+    run_dir: Path, writer: SummaryWriter, cfg: DictConfig, *, status, steps_done, elapsed, eval_s,
+    nonoptimal, final, error, saved: bool,
+) -> dict:  # fmt: skip
+    """The end of a run, whatever stopped it: the log line, ``summary.json``, the HParams entry; closes
+    ``writer`` and returns the summary (:func:`run_summary`). ``saved``: a checkpoint was just written."""
+    summary = run_summary(
+        status=status, steps_done=steps_done, elapsed=elapsed, eval_s=eval_s, nonoptimal=nonoptimal,
+        final=final, error=error,
+    )  # fmt: skip
+    note = "checkpoint saved" if saved else "no new checkpoint"
+    log.info("%s after %d steps in %.1fs (evaluation %.1fs); %s", status, steps_done, elapsed, eval_s, note)
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_hparams(writer, cfg, final, status)
+    writer.close()
     return summary
 
 

@@ -30,7 +30,7 @@ from gan.config import ConfigError
 from gan.evaluation import eval_generator, evaluate, sample_generator
 from gan.image_eval import generator_grid, is_image_data, quality_networks, sample_grid
 from gan.plots import toy_scatter
-from gan.runlog import atomic_write_json, is_finite_row, open_writer, run_summary, tb_tag, write_hparams
+from gan.runlog import close_run, is_finite_row, open_writer, tb_tag
 
 log = logging.getLogger(__name__)
 
@@ -220,23 +220,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         saved = status == "completed" or (status == "interrupted" and error is None)
         if saved:
             save_checkpoint(step)
-        elapsed = elapsed_before + time.perf_counter() - started
-        summary = run_summary(
-            status=status, steps_done=step, elapsed=elapsed, eval_s=eval_s, nonoptimal=nonoptimal,
-            final=final, error=error,
+        summary = close_run(
+            run_dir, writer, cfg, status=status, steps_done=step,
+            elapsed=elapsed_before + time.perf_counter() - started, eval_s=eval_s, nonoptimal=nonoptimal,
+            final=final, error=error, saved=saved,
         )  # fmt: skip
-        checkpoint_note = "checkpoint saved" if saved else "no new checkpoint"
-        log.info(
-            "%s after %d steps in %.1fs (evaluation %.1fs); %s",
-            status,
-            step,
-            elapsed,
-            eval_s,
-            checkpoint_note,
-        )
-        atomic_write_json(run_dir / "summary.json", summary)
-        write_hparams(writer, cfg, final, status)
-        writer.close()
     if error == "KeyboardInterrupt":
         raise SystemExit(130)
     stop.forward()  # after an interrupt: hand the signal on (submitit requeues) or exit with 128 + signal
