@@ -22,18 +22,18 @@ from __future__ import annotations
 import io
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from gan.app import exit_or_raise
+from gan.config import ConfigError
 from gan.runlog import atomic_write_bytes, atomic_write_json
 from metrics.ot import SOLVERS, wasserstein
 
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 
 REAL_REAL = "real_real"  # W1(x, x'), truth 0
 SHIFTED = "shifted"  # W1(x, x' + m), truth |m|
-
-
-class BadConfig(ValueError):
-    """A bad value in the config; its message is one line naming the key."""
 
 
 def translation(shape: tuple[int, ...], norm: float) -> torch.Tensor:
@@ -187,23 +183,23 @@ def plot_png(rows: list[dict[str, float]], shift: float, title: str) -> bytes:
 
 
 def check(cfg: DictConfig) -> None:
-    """Raise :class:`BadConfig` on the first bad value."""
+    """Raise :class:`ConfigError` on the first bad value."""
     sizes = cfg.batch_sizes
     if not OmegaConf.is_list(sizes) or len(sizes) == 0:
-        raise BadConfig(f"batch_sizes={sizes!r}: must be a non-empty list of positive integers")
+        raise ConfigError(f"batch_sizes={sizes!r}: must be a non-empty list of positive integers")
     for n in sizes:
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise BadConfig(f"batch_sizes={list(sizes)!r}: must be a non-empty list of positive integers")
+            raise ConfigError(f"batch_sizes={list(sizes)!r}: must be a non-empty list of positive integers")
     if not isinstance(cfg.draws, int) or isinstance(cfg.draws, bool) or cfg.draws < 2:
-        raise BadConfig(f"draws={cfg.draws!r}: must be an integer >= 2 (a standard deviation needs two)")
+        raise ConfigError(f"draws={cfg.draws!r}: must be an integer >= 2 (a standard deviation needs two)")
     if not isinstance(cfg.shift, int | float) or isinstance(cfg.shift, bool) or not cfg.shift >= 0:
-        raise BadConfig(f"shift={cfg.shift!r}: must be a number >= 0")
+        raise ConfigError(f"shift={cfg.shift!r}: must be a number >= 0")
     if not math.isfinite(cfg.shift):
-        raise BadConfig(f"shift={cfg.shift!r}: must be a finite number >= 0")
+        raise ConfigError(f"shift={cfg.shift!r}: must be a finite number >= 0")
     if cfg.solver not in SOLVERS:
-        raise BadConfig(f"solver={cfg.solver!r}: must be one of {', '.join(SOLVERS)}")
+        raise ConfigError(f"solver={cfg.solver!r}: must be one of {', '.join(SOLVERS)}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise BadConfig(f"seed={cfg.seed!r}: must be an integer >= 0")
+        raise ConfigError(f"seed={cfg.seed!r}: must be an integer >= 0")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="batch_bias")
@@ -211,11 +207,8 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         check(cfg)
-    except BadConfig as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except ConfigError as exc:
+        exit_or_raise(exc)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     log.info("run folder: %s", run_dir)
     data = instantiate(cfg.data)

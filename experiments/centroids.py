@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import sys
 from pathlib import Path
 
 import hydra
@@ -35,11 +34,11 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from gan.app import exit_or_raise
 from gan.config import ConfigError
 from gan.runlog import atomic_write_bytes, atomic_write_json
 from metrics.ot import SOLVERS, wasserstein
@@ -54,10 +53,6 @@ CENTROIDS_W2 = "centroids_w2"
 REAL_W2 = "real_w2"
 KMEANS_ITER = "kmeans_iter"
 PAIRS = {1: (CENTROIDS_W1, REAL_W1), 2: (CENTROIDS_W2, REAL_W2)}
-
-
-class BadConfig(ValueError):
-    """A bad value in the config; its message is one line naming the key."""
 
 
 def training_points(data) -> np.ndarray:
@@ -268,33 +263,33 @@ def _positive_int(value) -> bool:
 
 
 def check(cfg: DictConfig) -> None:
-    """Raise :class:`BadConfig` on the first bad value (the data-dependent limits: :func:`check_data`)."""
+    """Raise :class:`ConfigError` on the first bad value (the data-dependent limits: :func:`check_data`)."""
     sizes = cfg.batch_sizes
     if not OmegaConf.is_list(sizes) or len(sizes) == 0 or not all(_positive_int(n) for n in sizes):
         shown = list(sizes) if OmegaConf.is_list(sizes) else sizes
-        raise BadConfig(f"batch_sizes={shown!r}: must be a non-empty list of positive integers")
+        raise ConfigError(f"batch_sizes={shown!r}: must be a non-empty list of positive integers")
     if not isinstance(cfg.draws, int) or isinstance(cfg.draws, bool) or cfg.draws < 2:
-        raise BadConfig(f"draws={cfg.draws!r}: must be an integer >= 2 (a standard deviation needs two)")
+        raise ConfigError(f"draws={cfg.draws!r}: must be an integer >= 2 (a standard deviation needs two)")
     if cfg.reference not in REFERENCES:
-        raise BadConfig(f"reference={cfg.reference!r}: must be one of {', '.join(REFERENCES)}")
+        raise ConfigError(f"reference={cfg.reference!r}: must be one of {', '.join(REFERENCES)}")
     for key in ("n_init", "max_iter"):
         if not _positive_int(cfg.kmeans[key]):
-            raise BadConfig(f"kmeans.{key}={cfg.kmeans[key]!r}: must be a positive integer")
+            raise ConfigError(f"kmeans.{key}={cfg.kmeans[key]!r}: must be a positive integer")
     tol = cfg.kmeans.tol
     if not isinstance(tol, int | float) or isinstance(tol, bool) or not (math.isfinite(tol) and tol >= 0):
-        raise BadConfig(f"kmeans.tol={tol!r}: must be a finite number >= 0")
+        raise ConfigError(f"kmeans.tol={tol!r}: must be a finite number >= 0")
     if cfg.solver not in SOLVERS:
-        raise BadConfig(f"solver={cfg.solver!r}: must be one of {', '.join(SOLVERS)}")
+        raise ConfigError(f"solver={cfg.solver!r}: must be one of {', '.join(SOLVERS)}")
     if not _positive_int(cfg.figure_images):
-        raise BadConfig(f"figure_images={cfg.figure_images!r}: must be a positive integer")
+        raise ConfigError(f"figure_images={cfg.figure_images!r}: must be a positive integer")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise BadConfig(f"seed={cfg.seed!r}: must be an integer >= 0")
+        raise ConfigError(f"seed={cfg.seed!r}: must be an integer >= 0")
 
 
 def check_data(data, cfg: DictConfig, name: str) -> None:
-    """Raise :class:`BadConfig` when ``data`` is not an image set or a batch size exceeds a split."""
+    """Raise :class:`ConfigError` when ``data`` is not an image set or a batch size exceeds a split."""
     if not hasattr(data, "split"):
-        raise BadConfig(
+        raise ConfigError(
             f"data={name}: k-means needs an image set with a training split; "
             "use digits, mnist5k, mnist or cifar10"
         )
@@ -303,19 +298,19 @@ def check_data(data, cfg: DictConfig, name: str) -> None:
     for split in dict.fromkeys(("train", cfg.reference)):
         too_big = [n for n in cfg.batch_sizes if n > limits[split]]
         if too_big:
-            raise BadConfig(
+            raise ConfigError(
                 f"batch_sizes={list(cfg.batch_sizes)!r}: {too_big} exceed the {limits[split]} images of "
                 f"data={name}'s {split} split"
             )
 
 
 def load_data(node):
-    """Instantiate ``cfg.data``; a set that cannot be read (files missing offline) is a :class:`BadConfig`."""
+    """Instantiate ``cfg.data``; a set that cannot be read (files missing offline) raises its ConfigError."""
     try:
         return instantiate(node)
     except InstantiationException as exc:
         if isinstance(exc.__cause__, ConfigError):
-            raise BadConfig(str(exc.__cause__)) from None
+            raise exc.__cause__ from None
         raise
 
 
@@ -327,11 +322,8 @@ def main(cfg: DictConfig) -> float:
         check(cfg)
         data = load_data(cfg.data)
         check_data(data, cfg, dataset)
-    except BadConfig as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except ConfigError as exc:
+        exit_or_raise(exc)
     run_dir = Path(hydra_cfg.runtime.output_dir)
     log.info("run folder: %s", run_dir)
 

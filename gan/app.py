@@ -6,6 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
@@ -41,6 +42,15 @@ def record_failure(run_dir: str | Path, exc: Exception) -> None:
         atomic_write_json(path, summary)
 
 
+def exit_or_raise(exc: ConfigError) -> NoReturn:
+    """A bad config ends a single run with one line on stderr and exit code 2; in a multirun the error is
+    raised, so that the launcher records it and goes on with the other jobs."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        raise exc
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)
+
+
 def run_job(cfg: DictConfig, load_runner: Callable[[], Callable[[DictConfig, str], dict]]) -> dict:
     """Validate ``cfg``, then run ``load_runner()(cfg, run_dir)`` in Hydra's run folder.
 
@@ -58,9 +68,7 @@ def run_job(cfg: DictConfig, load_runner: Callable[[], Callable[[DictConfig, str
     except ConfigError as exc:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             record_failure(run_dir, exc)
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        exit_or_raise(exc)
     except Exception as exc:
         record_failure(run_dir, exc)
         raise

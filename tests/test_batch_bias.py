@@ -13,13 +13,13 @@ from omegaconf import OmegaConf
 from experiments.batch_bias import (
     REAL_REAL,
     SHIFTED,
-    BadConfig,
     check,
     markdown_table,
     minibatch_bias,
     summarise,
     translation,
 )
+from gan.config import ConfigError
 from gan.data import MixtureOfGaussians
 from tests.conftest import ROOT
 
@@ -130,7 +130,7 @@ BAD = [
 @pytest.mark.parametrize(("change", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])
 def test_check_names_the_bad_key(change, message):
     check(OmegaConf.create(GOOD))
-    with pytest.raises(BadConfig) as err:
+    with pytest.raises(ConfigError) as err:
         check(OmegaConf.create(GOOD | change))
     assert str(err.value).startswith(message)
 

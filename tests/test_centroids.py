@@ -18,7 +18,6 @@ from experiments.centroids import (
     KMEANS_ITER,
     REAL_W1,
     REAL_W2,
-    BadConfig,
     centroid_distances,
     check,
     check_data,
@@ -28,6 +27,7 @@ from experiments.centroids import (
     markdown_table,
     summarise,
 )
+from gan.config import ConfigError
 from gan.data import Digits, MixtureOfGaussians
 from tests.conftest import ROOT
 
@@ -142,7 +142,7 @@ BAD = [
 @pytest.mark.parametrize(("change", "message"), BAD, ids=[m.split(":")[0] for _, m in BAD])
 def test_check_names_the_bad_key(change, message):
     check(OmegaConf.create(GOOD))
-    with pytest.raises(BadConfig) as err:
+    with pytest.raises(ConfigError) as err:
         check(OmegaConf.create(GOOD | change))
     assert str(err.value).startswith(message)
 
@@ -150,11 +150,11 @@ def test_check_names_the_bad_key(change, message):
 def test_check_data_needs_an_image_set_and_room_for_each_batch(digits):
     cfg = OmegaConf.create(GOOD)
     check_data(digits, cfg, "digits")
-    with pytest.raises(BadConfig, match=r"^data=gaussians8: k-means needs an image set"):
+    with pytest.raises(ConfigError, match=r"^data=gaussians8: k-means needs an image set"):
         check_data(MixtureOfGaussians("ring", 8, 2.0, 0.02), cfg, "gaussians8")
     big = digits.num_heldout + 1
     with pytest.raises(
-        BadConfig, match=rf"\[{big}\] exceed the {digits.num_heldout} images of data=digits's heldout"
+        ConfigError, match=rf"\[{big}\] exceed the {digits.num_heldout} images of data=digits's heldout"
     ):
         check_data(digits, OmegaConf.create(GOOD | {"batch_sizes": [8, big]}), "digits")
     check_data(digits, OmegaConf.create(GOOD | {"batch_sizes": [big], "reference": "train"}), "digits")
@@ -164,7 +164,7 @@ def test_a_data_set_missing_offline_is_a_bad_config(tmp_path):
     node = {"_target_": "gan.data.TorchvisionImages", "name": "mnist", "channels": 1, "size": 28,
             "root": str(tmp_path), "download": False}  # fmt: skip
     with pytest.raises(
-        BadConfig, match=r"^data=mnist: no MNIST files in .*use data=mnist5k or data=digits offline"
+        ConfigError, match=r"^data=mnist: no MNIST files in .*use data=mnist5k or data=digits offline"
     ):
         load_data(OmegaConf.create(node))
 
