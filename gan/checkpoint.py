@@ -25,17 +25,14 @@ def checkpoint_path(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.pt"
 
 
-def save(
-    run_dir: Path, *, step, generator, critic, opt_g, opt_c, train_rng, cfg, elapsed, eval_s, metrics_rows
-):
-    """Everything needed to continue: both networks and optimisers, the step, every random
-    generator state, the time spent so far and the number of evaluation lines written before ``step``."""
-    state = {
-        "step": step,
-        "generator": generator.state_dict(),
-        "critic": None if critic is None else critic.state_dict(),
-        "opt_g": opt_g.state_dict(),
-        "opt_c": None if opt_c is None else opt_c.state_dict(),
+def save(run_dir: Path, *, step, train_rng, cfg, elapsed, eval_s, metrics_rows, **parts):
+    """Everything needed to continue: ``parts`` (networks and optimisers by name, saved as their state
+    dicts, ``None`` kept as ``None``; any other value as it is), the step, every random generator state,
+    the time spent so far and the number of evaluation lines written before ``step``."""
+    state = {"step": step} | {
+        name: part.state_dict() if hasattr(part, "state_dict") else part for name, part in parts.items()
+    }
+    state |= {
         "train_rng": train_rng.get_state(),
         "torch_rng": torch.get_rng_state(),
         "elapsed": elapsed,

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -36,7 +36,7 @@ from gan.app import instantiate_or_fail
 from gan.config import ConfigError
 from gan.evaluation import eval_generator
 from gan.plots import toy_scatter
-from gan.runlog import atomic_torch_save, close_run, is_finite_row, tb_tag
+from gan.runlog import close_run, is_finite_row, tb_tag
 from gan.trainer import Diverged, seed_everything
 from metrics import known
 from metrics.critic import (
@@ -285,22 +285,6 @@ def build(cfg: DictConfig, device: torch.device):
     return problem, critic, objective, opt_c
 
 
-def save_checkpoint(run_dir: Path, *, step, critic, opt_c, train_rng, cfg, elapsed, eval_s, metrics_rows):
-    state = {
-        "kind": "critic_bench",
-        "step": step,
-        "critic": critic.state_dict(),
-        "opt_c": opt_c.state_dict(),
-        "train_rng": train_rng.get_state(),
-        "torch_rng": torch.get_rng_state(),
-        "elapsed": elapsed,
-        "eval_s": eval_s,
-        "metrics_rows": metrics_rows,
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
-    atomic_torch_save(checkpoint.checkpoint_path(run_dir), state)
-
-
 CHECKPOINT_OWNER = ("experiments.critic_bench", lambda state: state.get("kind") == "critic_bench")
 
 
@@ -373,9 +357,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict:
     log.info("true W1 = %.6g ± %.2g (95%%)", truth[known.W1_TRUE], truth[known.W1_TRUE_CI95])
 
     def save(at_step: int) -> None:
-        save_checkpoint(
-            run_dir, step=at_step, critic=critic, opt_c=opt_c, train_rng=train_rng, cfg=cfg,
-            elapsed=elapsed_before + time.perf_counter() - started, eval_s=eval_s, metrics_rows=rows_written,
+        checkpoint.save(
+            run_dir, step=at_step, kind="critic_bench", critic=critic, opt_c=opt_c, train_rng=train_rng,
+            cfg=cfg, elapsed=elapsed_before + time.perf_counter() - started, eval_s=eval_s,
+            metrics_rows=rows_written,
         )  # fmt: skip
 
     writer = open_writer(run_dir, purge_step=start if start else None)
