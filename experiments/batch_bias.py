@@ -10,7 +10,9 @@ For each batch size ``n`` and each of ``draws`` repetitions, two independent rea
 
 * ``W1(x, x')``: both batches come from the same distribution, so the true W1 is 0;
 * ``W1(x, x' + m)``: ``x'`` translated by a vector ``m`` of norm ``shift`` along (1, ..., 1); the
-  true W1 between a distribution and its translate is exactly ``|m|`` (DESIGN.md, "Truths").
+  true W1 between a distribution and its translate is exactly ``|m|`` (the transport moving every
+  point by ``m`` costs ``|m|``, and no plan costs less: ``f(x) = <x, m>/|m|`` is a 1-Lipschitz
+  potential whose dual value is ``|m|``).
 
 The gap between the mean of each and its truth is the bias a GAN study inherits when it reads a
 minibatch W1 as the distance between distributions. Writes ``batch_bias.json`` (every value),
@@ -29,13 +31,13 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm import tqdm
 
-from gan.app import exit_or_raise
-from gan.config import ConfigError
-from gan.runlog import atomic_write_bytes, atomic_write_json
-from metrics.ot import SOLVERS, wasserstein
+from experiments.app import exit_or_raise
+from gan.config import BATCH_BIAS, ConfigError, validate
+from gan.runfolder import atomic_write_bytes, atomic_write_json
+from metrics.ot import wasserstein
 
 log = logging.getLogger(__name__)
 
@@ -183,23 +185,8 @@ def plot_png(rows: list[dict[str, float]], shift: float, title: str) -> bytes:
 
 
 def check(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` on the first bad value."""
-    sizes = cfg.batch_sizes
-    if not OmegaConf.is_list(sizes) or len(sizes) == 0:
-        raise ConfigError(f"batch_sizes={sizes!r}: must be a non-empty list of positive integers")
-    for n in sizes:
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ConfigError(f"batch_sizes={list(sizes)!r}: must be a non-empty list of positive integers")
-    if not isinstance(cfg.draws, int) or isinstance(cfg.draws, bool) or cfg.draws < 2:
-        raise ConfigError(f"draws={cfg.draws!r}: must be an integer >= 2 (a standard deviation needs two)")
-    if not isinstance(cfg.shift, int | float) or isinstance(cfg.shift, bool) or not cfg.shift >= 0:
-        raise ConfigError(f"shift={cfg.shift!r}: must be a number >= 0")
-    if not math.isfinite(cfg.shift):
-        raise ConfigError(f"shift={cfg.shift!r}: must be a finite number >= 0")
-    if cfg.solver not in SOLVERS:
-        raise ConfigError(f"solver={cfg.solver!r}: must be one of {', '.join(SOLVERS)}")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed!r}: must be an integer >= 0")
+    """Raise :class:`ConfigError` on the first bad value (:data:`gan.config.BATCH_BIAS`)."""
+    validate(cfg, BATCH_BIAS)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="batch_bias")

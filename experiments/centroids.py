@@ -38,10 +38,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from gan.app import exit_or_raise
-from gan.config import ConfigError
-from gan.runlog import atomic_write_bytes, atomic_write_json
-from metrics.ot import SOLVERS, wasserstein
+from experiments.app import exit_or_raise
+from gan.config import CENTROIDS, ConfigError, validate
+from gan.runfolder import atomic_write_bytes, atomic_write_json
+from metrics.ot import wasserstein
 
 log = logging.getLogger(__name__)
 
@@ -258,32 +258,10 @@ def plot_png(
     return buf.getvalue()
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def check(cfg: DictConfig) -> None:
-    """Raise :class:`ConfigError` on the first bad value (the data-dependent limits: :func:`check_data`)."""
-    sizes = cfg.batch_sizes
-    if not OmegaConf.is_list(sizes) or len(sizes) == 0 or not all(_positive_int(n) for n in sizes):
-        shown = list(sizes) if OmegaConf.is_list(sizes) else sizes
-        raise ConfigError(f"batch_sizes={shown!r}: must be a non-empty list of positive integers")
-    if not isinstance(cfg.draws, int) or isinstance(cfg.draws, bool) or cfg.draws < 2:
-        raise ConfigError(f"draws={cfg.draws!r}: must be an integer >= 2 (a standard deviation needs two)")
-    if cfg.reference not in REFERENCES:
-        raise ConfigError(f"reference={cfg.reference!r}: must be one of {', '.join(REFERENCES)}")
-    for key in ("n_init", "max_iter"):
-        if not _positive_int(cfg.kmeans[key]):
-            raise ConfigError(f"kmeans.{key}={cfg.kmeans[key]!r}: must be a positive integer")
-    tol = cfg.kmeans.tol
-    if not isinstance(tol, int | float) or isinstance(tol, bool) or not (math.isfinite(tol) and tol >= 0):
-        raise ConfigError(f"kmeans.tol={tol!r}: must be a finite number >= 0")
-    if cfg.solver not in SOLVERS:
-        raise ConfigError(f"solver={cfg.solver!r}: must be one of {', '.join(SOLVERS)}")
-    if not _positive_int(cfg.figure_images):
-        raise ConfigError(f"figure_images={cfg.figure_images!r}: must be a positive integer")
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed!r}: must be an integer >= 0")
+    """Raise :class:`ConfigError` on the first bad value (:data:`gan.config.CENTROIDS`; the
+    data-dependent limits: :func:`check_data`)."""
+    validate(cfg, CENTROIDS)
 
 
 def check_data(data, cfg: DictConfig, name: str) -> None:

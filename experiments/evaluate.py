@@ -27,20 +27,17 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from gan.app import precheck
+from experiments.app import one_line_errors, precheck, quote_path_arguments, refuse_multirun
 from gan.config import ConfigError
 from gan.finished import (
     check_overrides,
     checkpoint_file,
     file_name,
     load_finished_run,
-    one_line_errors,
-    quote_path_arguments,
     read_run_config,
-    refuse_multirun,
 )
+from gan.runfolder import EVALUATIONS
 
-EVALUATIONS = "evaluations"
 ALLOWED = ("run", "checkpoint", "name", "device")  # besides eval.<key>=...
 
 
@@ -69,7 +66,7 @@ def evaluate_run(
 
     from gan.evaluation import eval_generator, evaluate  # torch: only once the input is known to be usable
     from gan.image_eval import quality_networks
-    from gan.runlog import atomic_write_json
+    from gan.runfolder import atomic_write_json
 
     run = load_finished_run(cfg, path)
     classifier, inception = quality_networks(run.data, cfg.eval, device=run.device)

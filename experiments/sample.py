@@ -23,23 +23,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from gan.app import precheck
-from gan.config import ConfigError
+from experiments.app import one_line_errors, precheck, quote_path_arguments, refuse_multirun
+from gan.config import SAMPLE, ConfigError, validate
 from gan.finished import (
     check_overrides,
     checkpoint_file,
     load_finished_run,
-    one_line_errors,
-    quote_path_arguments,
     read_run_config,
-    refuse_multirun,
 )
 
 ALLOWED = ("run", "n", "checkpoint", "out", "seed", "device")
-
-
-def _non_negative_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def sample_run(
@@ -58,10 +51,7 @@ def sample_run(
     ``n``, ``seed`` or ``out``.
     """
     run_dir = Path(run_dir)
-    if not (_non_negative_int(n) and n >= 1):
-        raise ConfigError(f"n={n!r}: must be a positive integer")
-    if seed is not None and not _non_negative_int(seed):
-        raise ConfigError(f"seed={seed!r}: must be an integer >= 0")
+    validate(OmegaConf.create({"n": n, "seed": seed}), SAMPLE)
     if out is not None and Path(out).suffix.lower() != ".png":
         raise ConfigError(f"out={out}: must name a .png file")
     cfg = read_run_config(run_dir, device=device)
@@ -73,7 +63,7 @@ def sample_run(
     from gan.evaluation import eval_generator, sample_generator
     from gan.image_eval import generator_grid, is_image_data
     from gan.plots import toy_scatter
-    from gan.runlog import atomic_write_bytes
+    from gan.runfolder import atomic_write_bytes
 
     run = load_finished_run(cfg, path)
     if not (is_image_data(run.data) or tuple(run.data.shape) == (2,)):

@@ -15,19 +15,14 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from gan.app import precheck, run_job
+from experiments.app import precheck, run_job
 from gan.config import check_group_choices, job_dirname
 
 OmegaConf.register_new_resolver("job_dirname", job_dirname, replace=True)  # used by hydra.sweep.subdir
 
 
 def _trainer():
-    from gan import parallel, trainer
-
-    def train(cfg: DictConfig, run_dir: str) -> dict:
-        if cfg.train.parallel_seeds > 1:
-            return parallel.train(cfg, run_dir)
-        return trainer.train(cfg, run_dir)
+    from gan.trainer import train
 
     return train
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import signal
@@ -12,28 +13,24 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gan.config import ConfigError
-from gan.runlog import atomic_torch_save, atomic_write_bytes
+from gan.config import ConfigError, flatten
+from gan.runfolder import CHECKPOINT, METRICS, RUN_FILES, atomic_torch_save, atomic_write_bytes
 
 # Keys that may change between a run and its resumption: budgets and presentation, nothing that
 # changes the numbers computed up to the checkpoint.
 RESUMABLE_KEYS = {"resume", "train.steps", "train.checkpoint_every", "train.progress", "train.on_nan"}
-RUN_FILES = ("metrics.jsonl", "summary.json", "checkpoints/last.pt")
 
 
 def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoints" / "last.pt"
+    return Path(run_dir) / CHECKPOINT
 
 
-def save(run_dir: Path, *, step, train_rng, cfg, elapsed, eval_s, metrics_rows, **parts):
-    """Everything needed to continue: ``parts`` (networks and optimisers by name, saved as their state
-    dicts, ``None`` kept as ``None``; any other value as it is), the step, every random generator state,
-    the time spent so far and the number of evaluation lines written before ``step``."""
-    state = {"step": step} | {
-        name: part.state_dict() if hasattr(part, "state_dict") else part for name, part in parts.items()
-    }
+def save(run_dir: Path, *, step, cfg, elapsed, eval_s, metrics_rows, **parts):
+    """Everything needed to continue: ``parts`` (the task's state: networks' and optimisers' state
+    dicts, its random generators' states), the step, torch's global random state, the time spent so far
+    and the number of evaluation lines written before ``step``."""
+    state = {"step": step, **parts}
     state |= {
-        "train_rng": train_rng.get_state(),
         "torch_rng": torch.get_rng_state(),
         "elapsed": elapsed,
         "eval_s": eval_s,
@@ -63,15 +60,6 @@ def load(path: Path, owner=TRAIN_CHECKPOINT) -> dict:
     return state
 
 
-def _flatten(node, prefix=""):
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out |= _flatten(value, f"{prefix}{key}.")
-        return out
-    return {prefix[:-1]: node}
-
-
 # Keys added to the config after runs were first stored, with the value that reproduces what a run
 # stored without them did: such a run still resumes when the key has that value.
 ADDED_KEYS = {"eval.draws": 1, "eval.inception_weights": None, "train.parallel_seeds": 1}
@@ -79,8 +67,8 @@ ADDED_KEYS = {"eval.draws": 1, "eval.inception_weights": None, "train.parallel_s
 
 def config_differences(stored: dict, cfg: DictConfig) -> list[str]:
     """Dotted keys whose values differ between a stored config and ``cfg``, budget keys excepted."""
-    now = _flatten(OmegaConf.to_container(cfg, resolve=True))
-    before = {k: v for k, v in ADDED_KEYS.items() if k in now} | _flatten(stored)
+    now = flatten(OmegaConf.to_container(cfg, resolve=True))
+    before = {k: v for k, v in ADDED_KEYS.items() if k in now} | flatten(stored)
     return sorted(
         k for k in now.keys() | before.keys() if k not in RESUMABLE_KEYS and now.get(k) != before.get(k)
     )
@@ -103,8 +91,7 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig, owner=TRAIN_CHECKPOINT) -> d
         return None
     path = checkpoint_path(run_dir)
     if not path.exists():
-        if (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()  # lines written before any checkpoint are redone
+        (run_dir / METRICS).unlink(missing_ok=True)  # lines written before any checkpoint are redone
         return None
     state = load(path, owner)
     diff = config_differences(state["config"], cfg)
@@ -115,19 +102,14 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig, owner=TRAIN_CHECKPOINT) -> d
     return state
 
 
-def restore(state: dict, *, generator, critic, opt_g, opt_c, train_rng) -> None:
+@contextlib.contextmanager
+def fitting(what: str):
+    """Turn a failure to load a state into one line: the checkpoint does not fit ``what``."""
     try:
-        generator.load_state_dict(state["generator"])
-        if critic is not None:
-            critic.load_state_dict(state["critic"])
-        opt_g.load_state_dict(state["opt_g"])
-        if opt_c is not None:
-            opt_c.load_state_dict(state["opt_c"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"checkpoint does not fit the models of this config: {first}") from None
-    train_rng.set_state(state["train_rng"])
-    torch.set_rng_state(state["torch_rng"])
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"checkpoint does not fit {what}: {first}") from None
 
 
 def truncate_metrics(path: Path, before_step: int) -> int:

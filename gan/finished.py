@@ -9,8 +9,7 @@ checkpoint file exists) is checked first, so bad input fails fast; every failure
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,41 +17,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from gan.config import CONF_DIR, ConfigError, job_dirname, validate
+from gan.runfolder import CHECKPOINT as LAST_CHECKPOINT
+from gan.runfolder import CONFIG as RUN_CONFIG
 
-RUN_CONFIG = Path(".hydra") / "config.yaml"
-LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 # Sections every training run's config has (a critic-bench run has a problem instead of data).
 TRAIN_SECTIONS = ("data", "model", "objective", "eval")
-
-
-def one_line_errors(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; a :class:`ConfigError` becomes one line on stderr and exit code 2."""
-    try:
-        return fn()
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-
-
-def quote_path_arguments(keys: Iterable[str] = ("run", "checkpoint", "out")) -> None:
-    """Quote the values of ``key=<path>`` arguments in ``sys.argv`` for Hydra's override parser.
-
-    Sweep job folders are named after their overrides (``3_objective=wgan_gp,seed=1``), and unquoted, the
-    ``=`` and ``,`` of such a path are override syntax. Values already in quotes are left as they are.
-    """
-    keys = tuple(keys)
-    for i, arg in enumerate(sys.argv[1:], start=1):
-        key, sep, value = arg.partition("=")
-        if sep and key in keys and value and value[0] not in "'\"":
-            escaped = value.replace("'", "\\'")
-            sys.argv[i] = f"{key}='{escaped}'"
-
-
-def refuse_multirun(app: str) -> None:
-    """Hydra's sweeps write ``multirun.yaml`` and job folders; these tools write only into the run folder."""
-    if {"-m", "--multirun"} & set(sys.argv[1:]):
-        print(f"error: {app} takes one run folder and one setting per call (no --multirun)", file=sys.stderr)
-        sys.exit(2)
 
 
 def check_overrides(
@@ -174,16 +143,13 @@ def load_finished_run(cfg: DictConfig, checkpoint: Path) -> FinishedRun:
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
     state = ckpt.load(checkpoint)
-    data, generator, critic, objective, _, _ = build(cfg, device)
-    try:
+    data, generator, critic, objective = build(cfg, device)
+    with ckpt.fitting(f"the models of this run ({checkpoint})"):
         generator.load_state_dict(state["generator"])
         if critic is not None:
             if state.get("critic") is None:
                 raise ValueError("it holds no critic")
             critic.load_state_dict(state["critic"])
-    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"checkpoint {checkpoint} does not fit the models of this run: {first}") from None
     if "torch_rng" in state:
         torch.set_rng_state(state["torch_rng"])
     return FinishedRun(cfg, int(state["step"]), data, generator, critic, objective, device)

@@ -1,8 +1,11 @@
 """Training objectives behind one interface, chosen by ``objective=`` (``conf/objective/<name>.yaml``).
 
 An objective says how many critic steps to take per generator step, builds both optimisers, and
-returns the critic's and the generator's losses. Each loss method returns a dict of scalar tensors:
-``"loss"`` is what gets minimised, the other entries are logged under ``loss/``.
+returns the critic's and the generator's losses. Every tensor has a leading copies axis
+(:mod:`gan.copies`): batches are (K, B, ...), a critic maps them to (K, B), and each loss is (K,), one
+per copy, so the same formulas train one run (K = 1) or K seeds at once. Each loss method returns a
+dict: ``"loss"`` is what gets minimised (the sum over copies), the other entries are logged under
+``loss/``.
 
 | name | class | critic |
 |---|---|---|
@@ -28,29 +31,42 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from metrics.critic import input_gradients
 from metrics.ot import sinkhorn_divergence, torch_cost_matrix, w1_differentiable
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+Critic = Callable[[torch.Tensor], torch.Tensor]  # (K, B, ...) -> (K, B): gan.copies.Single or Stacked
 
 
-def per_sample_grad_norm(critic: nn.Module, points: torch.Tensor, *, create_graph: bool) -> torch.Tensor:
-    """``‖∇f(p)‖₂`` for each point, the norm taken over every non-batch dimension, shape (B,)."""
-    points = points.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(points).sum(), points, create_graph=create_graph)
-    return grad.flatten(1).norm(dim=1)
+def gradient_norms(critic: Critic, points: torch.Tensor) -> torch.Tensor:
+    """``‖∇f(p)‖₂`` for each copy and point, the norm over every sample dimension, shape (K, B), with the
+    graph kept for a penalty. The copies are independent, so the gradient of the sum over all of them
+    gives each copy's own input gradients."""
+    return input_gradients(critic, points, create_graph=True).flatten(2).norm(dim=2)
 
 
-def random_interpolates(real: torch.Tensor, fake: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """``t x + (1 − t) y`` with one ``t ~ U[0, 1]`` per sample (not one for the whole batch)."""
-    t = torch.rand(len(real), *([1] * (real.dim() - 1)), generator=generator, device=real.device)
+def random_interpolates(real: torch.Tensor, fake: torch.Tensor, rngs: list[torch.Generator]) -> torch.Tensor:
+    """``t x + (1 − t) y`` with one ``t ~ U[0, 1]`` per sample (not one for the whole batch), each copy's
+    weights drawn from its own generator in ``rngs``; ``real`` and ``fake`` are (K, B, ...)."""
+    shape = (real.shape[1],) + (1,) * (real.dim() - 2)
+    t = torch.stack([torch.rand(shape, generator=g, device=real.device) for g in rngs])
     return t * real + (1 - t) * fake
 
 
+def minimise(opt: torch.optim.Optimizer, losses: dict[str, torch.Tensor]) -> None:
+    """One optimiser step on the sum over copies of ``losses["loss"]``."""
+    opt.zero_grad(set_to_none=True)
+    losses["loss"].sum().backward()
+    opt.step()
+
+
 class Objective:
-    """Base class. Subclasses without a critic set ``uses_critic = False``."""
+    """Base class. Subclasses without a critic set ``uses_critic = False``; those whose critic is meant
+    to estimate W1 set ``estimates_w1 = True``."""
 
     name = "base"
     uses_critic = True
+    estimates_w1 = False
 
     def __init__(
         self,
@@ -66,22 +82,24 @@ class Objective:
         """Change the critic before training (e.g. spectral normalisation); identity by default."""
         return critic
 
-    def optimizers(self, generator: nn.Module, critic: nn.Module | None):
-        opt_g = self.generator_optimizer(generator.parameters())
-        opt_c = self.critic_optimizer(critic.parameters()) if self.uses_critic else None
-        return opt_g, opt_c
-
-    def critic_loss(self, critic, real, fake, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def critic_loss(self, critic, real, fake, rngs: list[torch.Generator]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def after_critic_step(self, critic: nn.Module) -> None:
-        """Hook run after each critic update (e.g. weight clipping); nothing by default."""
+    def after_critic_step(self, critic) -> None:
+        """Hook run after each critic update on the copies (e.g. weight clipping); nothing by default."""
+
+    def critic_step(self, critic, opt, real, fake, rngs) -> dict[str, torch.Tensor]:
+        """One update of the critic copies on ``real`` and ``fake``; returns the losses."""
+        losses = self.critic_loss(critic, real, fake, rngs)
+        minimise(opt, losses)
+        self.after_critic_step(critic)
+        return losses
 
     def generator_loss(self, critic, real, fake) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def critic_values(self, critic, real, fake) -> tuple[torch.Tensor, torch.Tensor]:
-        """The critic's values on the real and on the generated batch, shapes (n,) and (m,).
+        """The critic's values on the real and on the generated batches, shapes (K, n) and (K, m).
 
         Their mean difference is the critic's estimate of W1 (no penalty term), and the gradient of
         the second in ``fake`` is the direction the generator's update moves each generated point.
@@ -92,8 +110,14 @@ class Objective:
 
 
 def wasserstein_term(critic, real, fake) -> torch.Tensor:
-    """``mean f(y) − mean f(x)``: the critic minimises it, i.e. maximises its estimate of W1."""
-    return critic(fake).mean() - critic(real).mean()
+    """``mean f(y) − mean f(x)`` per copy: the critic minimises it, i.e. maximises its estimate of W1."""
+    return critic(fake).mean(1) - critic(real).mean(1)
+
+
+def wasserstein_generator_loss(critic, fake) -> dict[str, torch.Tensor]:
+    """``−mean f(y)`` per copy: the generator's loss against every WGAN critic."""
+    loss = -critic(fake).mean(1)
+    return {"loss": loss, "generator": loss}
 
 
 class WGANGP(Objective):
@@ -108,18 +132,19 @@ class WGANGP(Objective):
     """
 
     name = "wgan_gp"
+    estimates_w1 = True
 
     def __init__(self, critic_steps, generator_optimizer, critic_optimizer, penalty_weight: float):
         super().__init__(critic_steps, generator_optimizer, critic_optimizer)
         self.penalty_weight = penalty_weight
 
-    def penalty(self, critic, real, fake, generator):
-        norms = per_sample_grad_norm(critic, random_interpolates(real, fake, generator), create_graph=True)
-        return ((norms - 1) ** 2).mean()
+    def penalty(self, norms: torch.Tensor) -> torch.Tensor:
+        """Per copy, from the gradient norms at the interpolates (K, B)."""
+        return ((norms - 1) ** 2).mean(1)
 
-    def critic_loss(self, critic, real, fake, generator):
+    def critic_loss(self, critic, real, fake, rngs):
         term = wasserstein_term(critic, real, fake)
-        penalty = self.penalty(critic, real, fake, generator)
+        penalty = self.penalty(gradient_norms(critic, random_interpolates(real, fake, rngs)))
         return {
             "loss": term + self.penalty_weight * penalty,
             "critic": term,
@@ -127,8 +152,7 @@ class WGANGP(Objective):
         }
 
     def generator_loss(self, critic, real, fake):
-        loss = -critic(fake).mean()
-        return {"loss": loss, "generator": loss}
+        return wasserstein_generator_loss(critic, fake)
 
 
 class WGANLP(WGANGP):
@@ -146,9 +170,8 @@ class WGANLP(WGANGP):
 
     name = "wgan_lp"
 
-    def penalty(self, critic, real, fake, generator):
-        norms = per_sample_grad_norm(critic, random_interpolates(real, fake, generator), create_graph=True)
-        return F.relu(norms - 1).pow(2).mean()
+    def penalty(self, norms):
+        return F.relu(norms - 1).pow(2).mean(1)
 
 
 class WGANClip(Objective):
@@ -163,25 +186,23 @@ class WGANClip(Objective):
     """
 
     name = "wgan_clip"
+    estimates_w1 = True
 
     def __init__(self, critic_steps, generator_optimizer, critic_optimizer, clip_value: float):
         super().__init__(critic_steps, generator_optimizer, critic_optimizer)
-        if clip_value <= 0:
-            raise ValueError(f"objective.clip_value={clip_value}: must be positive")
         self.clip_value = clip_value
 
-    def critic_loss(self, critic, real, fake, generator):
+    def critic_loss(self, critic, real, fake, rngs):
         term = wasserstein_term(critic, real, fake)
         return {"loss": term, "critic": term}
 
     @torch.no_grad()
     def after_critic_step(self, critic):
-        for param in critic.parameters():
+        for param in critic.parameters():  # elementwise: the stacked tensors of all copies at once
             param.clamp_(-self.clip_value, self.clip_value)
 
     def generator_loss(self, critic, real, fake):
-        loss = -critic(fake).mean()
-        return {"loss": loss, "generator": loss}
+        return wasserstein_generator_loss(critic, fake)
 
 
 class WGANSN(Objective):
@@ -203,11 +224,10 @@ class WGANSN(Objective):
     """
 
     name = "wgan_sn"
+    estimates_w1 = True
 
     def __init__(self, critic_steps, generator_optimizer, critic_optimizer, power_iterations: int = 1):
         super().__init__(critic_steps, generator_optimizer, critic_optimizer)
-        if power_iterations < 1:
-            raise ValueError(f"objective.power_iterations={power_iterations}: must be >= 1")
         self.power_iterations = power_iterations
 
     def prepare_critic(self, critic: nn.Module) -> nn.Module:
@@ -217,32 +237,38 @@ class WGANSN(Objective):
                 spectral_norm(module, n_power_iterations=self.power_iterations)
         return critic.eval()
 
-    def critic_loss(self, critic, real, fake, generator):
+    def critic_loss(self, critic, real, fake, rngs):
         term = wasserstein_term(critic, real, fake)
         return {"loss": term, "critic": term}
 
-    @torch.no_grad()
     def after_critic_step(self, critic):
-        critic.train()
-        try:
-            for module in critic.modules():
-                if parametrize.is_parametrized(module, "weight"):
-                    _ = module.weight  # in train mode, computing the weight runs the power iteration
-        finally:
-            critic.eval()
+        critic.each(power_iteration)
 
     def generator_loss(self, critic, real, fake):
-        loss = -critic(fake).mean()
-        return {"loss": loss, "generator": loss}
+        return wasserstein_generator_loss(critic, fake)
+
+
+@torch.no_grad()
+def power_iteration(critic: nn.Module) -> None:
+    """One step of power iteration on every spectrally normalised weight of ``critic`` (a plain module,
+    kept in ``eval()`` mode otherwise)."""
+    critic.train()
+    try:
+        for module in critic.modules():
+            if parametrize.is_parametrized(module, "weight"):
+                _ = module.weight  # in train mode, computing the weight runs the power iteration
+    finally:
+        critic.eval()
 
 
 def c_transform(f_real: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
-    """:math:`f^c(y_j) = \\min_i (C_{ij} - f(x_i))`, shape (m,), for ``f_real`` (n,) and ``cost`` (n, m)."""
-    return (cost - f_real[:, None]).min(dim=0).values
+    """:math:`f^c(y_j) = \\min_i (C_{ij} - f(x_i))`, shape (..., m), for ``f_real`` (..., n) and
+    ``cost`` (..., n, m)."""
+    return (cost - f_real[..., :, None]).min(dim=-2).values
 
 
 def soft_c_transform(f_real: torch.Tensor, cost: torch.Tensor, eps: float) -> torch.Tensor:
-    """The entropic c-transform, shape (m,): a soft-min over the real points at temperature ``eps``.
+    """The entropic c-transform, shape (..., m): a soft-min over the real points at temperature ``eps``.
 
     .. math::
         f^{c,\\varepsilon}(y_j) = -\\varepsilon \\log \\frac1n \\sum_i
@@ -254,8 +280,8 @@ def soft_c_transform(f_real: torch.Tensor, cost: torch.Tensor, eps: float) -> to
     """
     if eps <= 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    n = f_real.shape[0]
-    return -eps * (torch.logsumexp((f_real[:, None] - cost) / eps, dim=0) - math.log(n))
+    n = f_real.shape[-1]
+    return -eps * (torch.logsumexp((f_real[..., :, None] - cost) / eps, dim=-2) - math.log(n))
 
 
 class CTransform(Objective):
@@ -276,23 +302,30 @@ class CTransform(Objective):
     """
 
     name = "ctransform"
+    estimates_w1 = True
 
     def transform(self, f_real: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
         return c_transform(f_real, cost)
 
+    def _c_transform(self, f_real, real, fake) -> torch.Tensor:
+        """f^c on the generated points, (K, m): the costs in float64 (in float32 the distance of an image
+        to itself comes out as up to 1e-2), the result in the critic's dtype."""
+        cost = torch_cost_matrix(real.flatten(2).double(), fake.flatten(2).double(), p=1)
+        return self.transform(f_real.double(), cost).to(f_real.dtype)
+
     def _dual(self, critic, real, fake):
         f_real = critic(real)
-        return f_real, self.transform(f_real, torch_cost_matrix(real, fake, p=1))
+        return f_real, self._c_transform(f_real, real, fake)
 
-    def critic_loss(self, critic, real, fake, generator):
+    def critic_loss(self, critic, real, fake, rngs):
         f_real, f_c = self._dual(critic, real, fake)
-        loss = -(f_real.mean() + f_c.mean())
+        loss = -(f_real.mean(1) + f_c.mean(1))
         return {"loss": loss, "critic": loss}
 
     def generator_loss(self, critic, real, fake):
         f_real = critic(real).detach()
-        f_c = self.transform(f_real, torch_cost_matrix(real, fake, p=1))
-        return {"loss": f_c.mean(), "generator": f_real.mean() + f_c.mean()}
+        f_c = self._c_transform(f_real, real, fake)
+        return {"loss": f_c.mean(1), "generator": f_real.mean(1) + f_c.mean(1)}
 
     def critic_values(self, critic, real, fake):
         f_real, f_c = self._dual(critic, real, fake)
@@ -311,8 +344,6 @@ class CEpsTransform(CTransform):
 
     def __init__(self, critic_steps, generator_optimizer, critic_optimizer, eps: float):
         super().__init__(critic_steps, generator_optimizer, critic_optimizer)
-        if eps <= 0:
-            raise ValueError(f"objective.eps={eps}: must be positive")
         self.eps = eps
 
     def transform(self, f_real, cost):
@@ -333,12 +364,12 @@ class NSGAN(Objective):
 
     name = "ns_gan"
 
-    def critic_loss(self, critic, real, fake, generator):
-        loss = F.softplus(-critic(real)).mean() + F.softplus(critic(fake)).mean()
+    def critic_loss(self, critic, real, fake, rngs):
+        loss = F.softplus(-critic(real)).mean(1) + F.softplus(critic(fake)).mean(1)
         return {"loss": loss, "critic": loss}
 
     def generator_loss(self, critic, real, fake):
-        loss = F.softplus(-critic(fake)).mean()
+        loss = F.softplus(-critic(fake)).mean(1)
         return {"loss": loss, "generator": loss}
 
 
@@ -361,8 +392,13 @@ class ExactOT(Objective):
         self.max_iter = max_iter
 
     def generator_loss(self, critic, real, fake):
-        w1, _ = w1_differentiable(real, fake, max_iter=self.max_iter)
-        return {"loss": w1, "w1": w1.detach()}
+        w1, capped = [], []
+        for x, y in zip(real, fake, strict=True):  # one exact solve per copy
+            value, converged = w1_differentiable(x, y, max_iter=self.max_iter)
+            w1.append(value)
+            capped.append(float(not converged))
+        w1 = torch.stack(w1)
+        return {"loss": w1, "w1": w1.detach(), "ot_capped": torch.tensor(capped)}
 
 
 class Sinkhorn(Objective):
@@ -379,10 +415,11 @@ class Sinkhorn(Objective):
 
     def __init__(self, generator_optimizer, eps: float, max_iter: int = 1000, tol: float = 1e-4):
         super().__init__(0, generator_optimizer, None)
-        if eps <= 0:
-            raise ValueError(f"objective.eps={eps}: must be positive")
         self.eps, self.max_iter, self.tol = eps, max_iter, tol
 
     def generator_loss(self, critic, real, fake):
-        loss = sinkhorn_divergence(real, fake, eps=self.eps, p=1, max_iter=self.max_iter, tol=self.tol)
+        loss = torch.stack([
+            sinkhorn_divergence(x, y, eps=self.eps, p=1, max_iter=self.max_iter, tol=self.tol)
+            for x, y in zip(real, fake, strict=True)
+        ])  # fmt: skip
         return {"loss": loss, "sinkhorn": loss.detach()}

@@ -1,18 +1,21 @@
-"""The run folder: atomic JSON files, the metrics log, and TensorBoard summaries."""
+"""What a run writes as it goes: ``metrics.jsonl``, TensorBoard scalars and figures, and at its end
+``summary.json`` and the HParams entry. One :class:`Run` per run folder."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+from gan import runfolder
+from gan.config import flatten
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +45,15 @@ TB_TAGS = {
     "classes_covered": "quality/classes_covered",
     "prediction_entropy": "quality/prediction_entropy",
     "fid_inception": "quality/fid_inception",
+    # the known-truth critic bench
+    "w1_true": "truth/w1_true",
+    "w1_true_ci95": "truth/w1_true_ci95",
+    "critic_true_gap": "truth/critic_true_gap",
+    "critic_true_rel_error": "truth/critic_true_rel_error",
+    "grad_true_cosine": "truth/grad_true_cosine",
+    "grad_error": "truth/grad_error",
+    "lipschitz_max_box": "truth/lipschitz_max_box",
 }
-
-CRITIC_VS_OT_CHART = ["critic/estimate", "ot/w1_exact", "ot/w1_real_real"]
-# Every estimate of W1 on the evaluation batches beside the exact value and the noise floor.
-ESTIMATES_CHART = [
-    "critic/estimate",
-    "critic/probe_estimate",
-    "critic/ctransform_bound",
-    "ot/w1_exact",
-    "ot/w1_real_real",
-]
 
 
 def tb_tag(key: str) -> str:
@@ -63,44 +64,12 @@ def tb_tag(key: str) -> str:
     return TB_TAGS.get(key, f"eval/{key}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp creates 0600; run folders are shared with collaborators
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode())
-
-
-def atomic_torch_save(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def is_finite_row(row: dict) -> bool:
     return all(math.isfinite(v) for v in row.values() if isinstance(v, float))
 
 
 def run_summary(*, status, steps_done, elapsed, eval_s, nonoptimal, final, error=None) -> dict:
-    """The ``summary.json`` of a run folder (DESIGN.md's contract plus the time split and solver count)."""
+    """The ``summary.json`` of a run folder (the contract's keys plus the time split and solver count)."""
     summary = {
         "status": status,
         "steps_done": steps_done,
@@ -117,70 +86,160 @@ def run_summary(*, status, steps_done, elapsed, eval_s, nonoptimal, final, error
     return summary
 
 
-def close_run(
-    run_dir: Path, writer: SummaryWriter, cfg: DictConfig, *, status, steps_done, elapsed, eval_s,
-    nonoptimal, final, error, saved: bool,
-) -> dict:  # fmt: skip
-    """The end of a run, whatever stopped it: the log line, ``summary.json``, the HParams entry; closes
-    ``writer`` and returns the summary (:func:`run_summary`). ``saved``: a checkpoint was just written."""
+RUNNING = "running"
+
+CRITIC_VS_OT_CHART = ["critic/estimate", "ot/w1_exact", "ot/w1_real_real"]
+# Every estimate of W1 on the evaluation batches beside the exact value and the noise floor.
+ESTIMATES_CHART = [
+    "critic/estimate",
+    "critic/probe_estimate",
+    "critic/ctransform_bound",
+    "ot/w1_exact",
+    "ot/w1_real_real",
+]
+
+
+def training_charts() -> dict:
+    """The custom-scalars layout of a training run."""
+    return {
+        "critic vs exact OT": {
+            "critic estimate, exact W1, real-vs-real W1 (same batches)": ["Multiline", CRITIC_VS_OT_CHART],
+            "W1 and W2 on the evaluation batches": ["Multiline", ["ot/w1_exact", "ot/w2_exact"]],
+            "critic estimate, probe estimate, c-transform bound, exact W1, real-vs-real W1": [
+                "Multiline",
+                ESTIMATES_CHART,
+            ],
+            "critic gradient: largest norm and agreement with the OT plan": [
+                "Multiline",
+                ["critic/lipschitz_max", "critic/grad_ot_cosine"],
+            ],
+        },
+        "quality": {
+            "large-sample W1 to held-out real data": ["Multiline", ["quality/w1_large"]],
+            "FID and KID (classifier features)": ["Multiline", ["quality/fid", "quality/kid_mean"]],
+            "precision and recall": ["Multiline", ["quality/precision", "quality/recall"]],
+        },
+    }
+
+
+@dataclass
+class Run:
+    """One run folder being written, and how its run stands.
+
+    ``overrides``: for a run folder that Hydra did not create (a copy of a parallel-seeds job), the
+    command-line overrides of the equivalent single run; :meth:`open` then writes its ``.hydra/``.
+    """
+
+    dir: Path
+    cfg: DictConfig
+    seed: int = 0
+    overrides: list[str] | None = None
+    charts: dict = field(default_factory=dict)  # TensorBoard custom-scalars layout
+    status: str = RUNNING
+    steps_done: int = 0
+    error: str | None = None
+    final: dict = field(default_factory=dict)
+    rows_written: int = 0
+    nonoptimal: int = 0
+    elapsed_before: float = 0.0  # from the checkpoint the run resumed from
+    eval_before: float = 0.0
+    eval_s: float = 0.0  # evaluation time in all, eval_before included
+    metrics_file: TextIO | None = None
+    writer: SummaryWriter | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.status == RUNNING
+
+    def open(self, purge_step: int | None) -> None:
+        if self.overrides is not None:
+            hydra = self.dir / runfolder.CONFIG.parent
+            runfolder.atomic_write_bytes(hydra / runfolder.CONFIG.name, OmegaConf.to_yaml(self.cfg).encode())
+            runfolder.atomic_write_bytes(
+                hydra / runfolder.OVERRIDES.name, OmegaConf.to_yaml(self.overrides).encode()
+            )
+        self.writer = SummaryWriter(log_dir=str(self.dir / runfolder.TB), purge_step=purge_step)
+        if self.charts:
+            self.writer.add_custom_scalars(self.charts)
+        self.metrics_file = (self.dir / runfolder.METRICS).open("a")
+
+    def record(self, row: dict) -> None:
+        """One evaluation: a line of ``metrics.jsonl`` and a scalar per key."""
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        self.rows_written += 1
+        step = row["step"]
+        for key, value in row.items():
+            if key != "step":
+                self.writer.add_scalar(tb_tag(key), value, step)
+        if row.get("ot_nonoptimal"):
+            self.nonoptimal += row["ot_nonoptimal"]
+            log.warning(
+                "%s step %d: %d exact OT solve(s) stopped before optimality (%d in this run)",
+                self.dir.name, step, row["ot_nonoptimal"], self.nonoptimal,
+            )  # fmt: skip
+        self.final = row
+
+    def log_losses(self, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(f"loss/{key}", value, step)
+
+    def end(self, status: str, steps_done: int, error: str | None) -> None:
+        """Set the outcome of a run that was still running."""
+        if self.running:
+            self.status, self.steps_done, self.error = status, steps_done, error
+
+    def close(self, elapsed: float) -> dict:
+        """Write ``summary.json`` and the HParams entry, close the files; returns the summary."""
+        summary = run_summary(
+            status=self.status, steps_done=self.steps_done, elapsed=elapsed, eval_s=self.eval_s,
+            nonoptimal=self.nonoptimal, final=self.final, error=self.error,
+        )  # fmt: skip
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+        runfolder.atomic_write_json(self.dir / runfolder.SUMMARY, summary)
+        if self.writer is not None:
+            write_hparams(self.writer, self.cfg, self.final, self.status)
+            self.writer.close()
+        return summary
+
+
+def job_summary(copy_dirs: list[Path], *, steps_done: int) -> dict:
+    """The summary of a job of several copies, from each copy's ``summary.json``: ``status``
+    (``completed`` when every copy completed, else failed, interrupted or diverged, in that order of
+    precedence), ``runs`` (each copy's status), ``final`` (the mean over the completed copies of their
+    final metrics) and the summed times."""
+    summaries = [json.loads((d / runfolder.SUMMARY).read_text()) for d in copy_dirs]
+    statuses = [s["status"] for s in summaries]
+    status = next((s for s in ("failed", "interrupted", "diverged") if s in statuses), "completed")
+    finals = [s["final"] for s in summaries if s["status"] == "completed" and s["final"]]
+    keys = [k for k in finals[0] if all(k in f for f in finals)] if finals else []
     summary = run_summary(
-        status=status, steps_done=steps_done, elapsed=elapsed, eval_s=eval_s, nonoptimal=nonoptimal,
-        final=final, error=error,
-    )  # fmt: skip
-    note = "checkpoint saved" if saved else "no new checkpoint"
-    log.info("%s after %d steps in %.1fs (evaluation %.1fs); %s", status, steps_done, elapsed, eval_s, note)
-    atomic_write_json(run_dir / "summary.json", summary)
-    write_hparams(writer, cfg, final, status)
-    writer.close()
-    return summary
-
-
-def open_writer(run_dir: Path, purge_step: int | None = None) -> SummaryWriter:
-    writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=purge_step)
-    writer.add_custom_scalars(
-        {
-            "critic vs exact OT": {
-                "critic estimate, exact W1, real-vs-real W1 (same batches)": [
-                    "Multiline",
-                    CRITIC_VS_OT_CHART,
-                ],
-                "W1 and W2 on the evaluation batches": ["Multiline", ["ot/w1_exact", "ot/w2_exact"]],
-                "critic estimate, probe estimate, c-transform bound, exact W1, real-vs-real W1": [
-                    "Multiline",
-                    ESTIMATES_CHART,
-                ],
-                "critic gradient: largest norm and agreement with the OT plan": [
-                    "Multiline",
-                    ["critic/lipschitz_max", "critic/grad_ot_cosine"],
-                ],
-            },
-            "quality": {
-                "large-sample W1 to held-out real data": ["Multiline", ["quality/w1_large"]],
-                "FID and KID (classifier features)": ["Multiline", ["quality/fid", "quality/kid_mean"]],
-                "precision and recall": ["Multiline", ["quality/precision", "quality/recall"]],
-            },
-        }
+        status=status,
+        steps_done=steps_done,
+        elapsed=sum(s["elapsed_s"] for s in summaries),
+        eval_s=sum(s["eval_s"] for s in summaries),
+        nonoptimal=sum(s["ot_nonoptimal_total"] for s in summaries),
+        final={k: finals[0][k] if k == "step" else sum(f[k] for f in finals) / len(finals) for k in keys},
     )
-    return writer
+    runs = {d.name: s["status"] for d, s in zip(copy_dirs, summaries, strict=True)}
+    return summary | {"parallel_seeds": len(summaries), "runs": runs}
+
+
+# ---------------------------------------------------------------------------------------------------
+# HParams
 
 
 def flat_hparams(cfg: DictConfig) -> dict[str, float | int | str | bool]:
-    """The resolved config as ``{"a.b.c": scalar}``; lists become strings, Hydra's own keys are left out."""
-    out: dict = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if not str(key).startswith("_"):
-                    walk(value, f"{prefix}{key}.")
-        elif isinstance(node, bool | int | float | str):
-            out[prefix[:-1]] = node
-        elif node is not None:
-            out[prefix[:-1]] = str(node)
-
+    """The resolved config as ``{"a.b.c": scalar}``; lists become strings, Hydra's own keys and keys
+    starting with ``_`` are left out."""
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
-    walk(container, "")
+    out = {}
+    for key, value in flatten(container).items():
+        if any(part.startswith("_") for part in key.split(".")) or value is None:
+            continue
+        out[key] = value if isinstance(value, bool | int | float | str) else str(value)
     return out
 
 

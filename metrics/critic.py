@@ -1,6 +1,7 @@
 """How a critic relates to the exact transport problem on the batches it sees.
 
-Pure functions of tensors: no configuration, no I/O. Definitions follow ``DESIGN.md``.
+Pure functions of tensors: no configuration, no I/O. Each key is defined by its function's formula; the
+README's table "What each evaluation measures" lists them.
 """
 
 from __future__ import annotations
@@ -55,24 +56,29 @@ def critic_vs_w1(f_real: torch.Tensor, f_fake: torch.Tensor, w1_exact: float) ->
     return {CRITIC_ESTIMATE: estimate, CRITIC_GAP: gap, CRITIC_REL_ERROR: rel}
 
 
-def input_gradients(fn: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor) -> torch.Tensor:
+def input_gradients(
+    fn: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor, *, create_graph: bool = False
+) -> torch.Tensor:
     """:math:`\\nabla f(p)` at each point, for a function ``fn`` applied to each sample separately.
 
     Parameters
     ----------
-    fn : callable, ``(B, ...) -> (B,)``
-        Each output may depend on its own sample only (a critic; a c-transform over a fixed batch).
-    points : tensor, shape (B, ...)
+    fn : callable, ``(*, B, ...) -> (*, B)``
+        Each output may depend on its own sample only (a critic; a c-transform over a fixed batch);
+        leading axes (copies of a critic) are independent too.
+    points : tensor, shape (*, B, ...)
+    create_graph : bool
+        Keep the graph, so that a loss of the gradients (a gradient penalty) can be differentiated.
 
     Returns
     -------
-    tensor, shape (B, ...)
-        Detached, in the dtype of ``points``.
+    tensor, shape of ``points``
+        Detached unless ``create_graph``, in the dtype of ``points``.
     """
     with torch.enable_grad():
         points = points.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(fn(points).sum(), points)
-    return grad.detach()
+        (grad,) = torch.autograd.grad(fn(points).sum(), points, create_graph=create_graph)
+    return grad if create_graph else grad.detach()
 
 
 def ctransform_bound(f_real: torch.Tensor, real, fake) -> dict[str, float]:

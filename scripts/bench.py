@@ -53,7 +53,7 @@ from torch import nn
 import gan.trainer
 import metrics.ot
 from gan.evaluation import eval_generator
-from gan.runlog import atomic_write_bytes
+from gan.runfolder import atomic_write_bytes
 from metrics.ot import SOLVERS, _pick_solver, cost_matrix, solve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -228,24 +228,21 @@ def _since(start: Timing) -> Timing:
     return Timing(now.wall - start.wall, now.cpu - start.cpu)
 
 
-@contextlib.contextmanager
-def _evaluation_clock():
-    """Record the clocks at the start and end of every ``evaluate`` call the trainer makes."""
-    calls: list[tuple[Timing, Timing]] = []
-    original = gan.trainer.evaluate
+class EvaluationClock:
+    """A :data:`gan.loop.Hook` recording the clocks at the start and end of every evaluation phase."""
 
-    def timed(*args, **kwargs):
-        start = _clock()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            calls.append((start, _clock()))
+    def __init__(self):
+        self.starts: list[Timing] = []
+        self.ends: list[Timing] = []
 
-    gan.trainer.evaluate = timed
-    try:
-        yield calls
-    finally:
-        gan.trainer.evaluate = original
+    def __call__(self, event: str, step: int) -> None:
+        (self.starts if event == "eval_start" else self.ends).append(_clock())
+
+    def between_first_two(self) -> Timing:
+        """From the end of the first evaluation phase to the start of the second."""
+        if len(self.starts) != 2:
+            raise RuntimeError(f"{len(self.starts)} evaluation phases (the bench times the loop between two)")
+        return Timing(self.starts[1].wall - self.ends[0].wall, self.starts[1].cpu - self.ends[0].cpu)
 
 
 def framework_loop_seconds(cfg) -> tuple[Timing, float]:
@@ -255,16 +252,12 @@ def framework_loop_seconds(cfg) -> tuple[Timing, float]:
     """
     if cfg.eval.every <= cfg.train.steps:
         raise ValueError("eval.every must exceed train.steps so that only steps 0 and the last are evaluated")
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as run_dir, _evaluation_clock() as calls:
-        summary = gan.trainer.train(cfg, run_dir)
-    if summary["status"] != "completed" or len(calls) != 2:
-        raise RuntimeError(
-            f"framework run: status {summary['status']}, {len(calls)} calls of gan.trainer.evaluate "
-            "(the bench times the loop between the first two)"
-        )
-    (_, first_end), (last_start, _) = calls
-    loop = Timing(last_start.wall - first_end.wall, last_start.cpu - first_end.cpu)
-    return loop, summary["train_s"]
+    clock = EvaluationClock()
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as run_dir:
+        summary = gan.trainer.train(cfg, run_dir, hook=clock)
+    if summary["status"] != "completed":
+        raise RuntimeError(f"framework run: status {summary['status']}")
+    return clock.between_first_two(), summary["train_s"]
 
 
 def _mlp(in_features: int, width: int, depth: int, out_features: int) -> nn.Sequential:
@@ -648,7 +641,7 @@ def _evaluate_once(cfg, models, changes: dict) -> float:
 def bench_evaluation(*, reps: int, quick: bool, log) -> list[EvalResult]:
     """Time one evaluation of the default config (models as built, untrained) in each variant."""
     cfg = compose_train(QUICK_RUN_OVERRIDES if quick else ())
-    data, generator, critic, objective, _, _ = gan.trainer.build(cfg, torch.device(cfg.device))
+    data, generator, critic, objective = gan.trainer.build(cfg, torch.device(cfg.device))
     models = (data, generator, critic, objective)
     sides = {name: functools.partial(_evaluate_once, cfg, models, changes) for name, changes in EVAL_VARIANTS}
     times = interleaved(sides, reps=reps)

@@ -4,7 +4,7 @@
     python -m scripts.bench_parallel --quick            # smoke run: tiny models, K = 1, 2
     python -m scripts.bench_parallel --ks 1 8 --steps 100 --reps 5 --threads 2
 
-For each K, the same total work two ways: ``gan.parallel.train`` with ``train.parallel_seeds=K`` (seeds
+For each K, the same total work two ways: ``gan.trainer.train`` with ``train.parallel_seeds=K`` (seeds
 0..K-1), and ``gan.trainer.train`` once per seed, in turn. Evaluation runs only at step 0 and at the
 last step (``eval.every`` above ``train.steps``) and is left out of the clock: each side is timed from
 the end of its step-0 evaluations to the start of its final ones, so the figures are training steps
@@ -14,14 +14,13 @@ throughput, the median over repetitions in which the two sides alternate (first 
 in rotating order), because on a shared machine neighbouring measurements drift together. The last
 column checks that the work is the same: the largest relative difference between a parallel copy's
 final metrics and the separate run's with its seed. It is not 0: batched matrix products round a few
-values differently, and training compounds that (see ``gan/parallel.py``); the largest relative
+values differently, and training compounds that (see ``gan/trainer.py``); the largest relative
 differences are in metrics close to 0 (``grad_ot_cosine``, ``ctransform_bound``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import functools
 import json
@@ -37,10 +36,11 @@ from pathlib import Path
 
 import torch
 
-import gan.parallel
 import gan.trainer
+from gan.runfolder import SUMMARY
 from scripts.bench import (
     DEFAULT_OUT,
+    EvaluationClock,
     compose_train,
     interleaved,
     machine_info,
@@ -51,71 +51,43 @@ from scripts.bench import (
 
 COMMAND = ".venv/bin/python -m scripts.bench_parallel"
 SECTION_INTRO = (
-    "K copies of the default toy run batched in one process (`gan.parallel.train`) against the same K "
+    "K copies of the default toy run batched in one process (`train.parallel_seeds=K`) against the same K "
     "runs one after another (`gan.trainer.train`), training steps only; speed-up = batched ÷ in-turn "
     "copy-steps per second, median over alternating repetitions. The last column is the largest "
     "relative difference between a copy's final metrics and the separate run's (batched products round "
-    "differently; training compounds it, see `gan/parallel.py`)."
+    "differently; training compounds it, see `gan/trainer.py`)."
 )
 # Evaluation is outside the clock; these keep the two evaluations per run short.
 EVAL_AT_ENDS = ("eval.large_n=256", "eval.plot=false", "eval.probe_every=0", "train.progress=false")
 QUICK_MODEL = ("model.generator.width=16", "model.critic.width=16", "train.batch_size=32")
 
 
-@contextlib.contextmanager
-def evaluation_calls(module):
-    """Record (start, end) of every ``evaluate`` call made through ``module``'s global name."""
-    calls: list[tuple[float, float]] = []
-    original = module.evaluate
-
-    def timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            calls.append((start, time.perf_counter()))
-
-    module.evaluate = timed
-    try:
-        yield calls
-    finally:
-        module.evaluate = original
-
-
-def loop_seconds(calls: list[tuple[float, float]], copies: int) -> float:
-    """From the end of the step-0 evaluations to the start of the final ones (``copies`` of each)."""
-    if len(calls) != 2 * copies:
-        raise RuntimeError(f"expected {2 * copies} evaluations (step 0 and the last step), got {len(calls)}")
-    return calls[copies][0] - calls[copies - 1][1]
+def run_job(overrides, seed: int, k: int) -> tuple[float, list[dict]]:
+    """Seconds in the loop (between the step-0 and the final evaluations) and each copy's final metrics,
+    for ``train.parallel_seeds=k`` from ``seed``."""
+    cfg = compose_train([*overrides, f"seed={seed}", f"train.parallel_seeds={k}"])
+    clock = EvaluationClock()
+    with tempfile.TemporaryDirectory(prefix="bench_par_") as tmp:
+        summary = gan.trainer.train(cfg, tmp, hook=clock)
+        if summary["status"] != "completed":
+            raise RuntimeError(f"train.parallel_seeds={k}: status {summary['status']}")
+        dirs = [Path(tmp) / f"seed_{seed + i}" for i in range(k)] if k > 1 else [Path(tmp)]
+        finals = [json.loads((d / SUMMARY).read_text())["final"] for d in dirs]
+    return clock.between_first_two().wall, finals
 
 
 def run_parallel(overrides, k: int) -> tuple[float, list[dict]]:
     """Seconds in the loop and each copy's final metrics, for ``train.parallel_seeds=k``."""
-    cfg = compose_train([*overrides, f"train.parallel_seeds={k}"])
-    module = gan.parallel if k > 1 else gan.trainer  # one copy is the single run (as experiments.train does)
-    with tempfile.TemporaryDirectory(prefix="bench_par_") as tmp, evaluation_calls(module) as calls:
-        summary = module.train(cfg, tmp)
-        if summary["status"] != "completed":
-            raise RuntimeError(f"train.parallel_seeds={k}: status {summary['status']}")
-        if k == 1:
-            finals = [summary["final"]]
-        else:
-            dirs = [Path(tmp) / gan.parallel.copy_dirname(cfg.seed + i) for i in range(k)]
-            finals = [json.loads((d / "summary.json").read_text())["final"] for d in dirs]
-    return loop_seconds(calls, k), finals
+    return run_job(overrides, 0, k)
 
 
 def run_sequential(overrides, k: int) -> tuple[float, list[dict]]:
     """Seconds in the loops of ``k`` single runs with seeds 0..k-1, summed, and their final metrics."""
     seconds, finals = 0.0, []
     for seed in range(k):
-        cfg = compose_train([*overrides, f"seed={seed}"])
-        with tempfile.TemporaryDirectory(prefix="bench_seq_") as tmp, evaluation_calls(gan.trainer) as calls:
-            summary = gan.trainer.train(cfg, tmp)
-        if summary["status"] != "completed":
-            raise RuntimeError(f"single run with seed {seed}: status {summary['status']}")
-        seconds += loop_seconds(calls, 1)
-        finals.append(summary["final"])
+        loop, rows = run_job(overrides, seed, 1)
+        seconds += loop
+        finals += rows
     return seconds, finals
 
 

@@ -16,10 +16,12 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
+from gan.runfolder import TB
+
 
 def logged_images(run_dir: Path) -> dict[str, dict[int, bytes]]:
     """``{tag: {step: PNG bytes}}`` for every image in the run's ``tb/`` events (all of them kept)."""
-    events = EventAccumulator(str(run_dir / "tb"), size_guidance={IMAGES: 0})
+    events = EventAccumulator(str(run_dir / TB), size_guidance={IMAGES: 0})
     events.Reload()
     return {
         tag: {event.step: event.encoded_image_string for event in events.Images(tag)}
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", help="only these steps")
     parser.add_argument("--out", type=Path, help="output folder (default <run>/images)")
     args = parser.parse_args(argv)
-    if not (args.run / "tb").is_dir():
+    if not (args.run / TB).is_dir():
         print(f"error: {args.run} has no tb/ folder (not a run folder?)", file=sys.stderr)
         return 2
     try:

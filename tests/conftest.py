@@ -10,6 +10,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
+from scripts.check_run_folder import problems
+
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 CHECK_RUN_FOLDER = ROOT.parent / "shared" / "tools" / "check-run-folder"
@@ -51,12 +53,23 @@ def compose_cfg():
     return compose_train
 
 
+def run_module(module: str, *args, cwd=ROOT, timeout: float = 300, env: dict | None = None):
+    """``python -m <module> <args>`` in a subprocess that imports this checkout; the finished process."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
 def check_run_folder(*run_dirs):
-    """The project-independent contract checker; returns its output, fails the test on a violation."""
-    if not CHECK_RUN_FOLDER.exists():
-        pytest.skip(f"{CHECK_RUN_FOLDER} is not beside this checkout")
-    out = subprocess.run(
-        [sys.executable, str(CHECK_RUN_FOLDER), *map(str, run_dirs)], capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return out.stdout
+    """Fail the test when a folder breaks the run-folder contract (:mod:`scripts.check_run_folder`); where
+    the independent checker of the shared tools is beside this checkout, it must agree."""
+    found = [f"{d}: {problem}" for d in run_dirs for problem in problems(d)]
+    assert not found, "\n".join(found)
+    if CHECK_RUN_FOLDER.exists():
+        out = subprocess.run(
+            [sys.executable, str(CHECK_RUN_FOLDER), *map(str, run_dirs)], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stdout + out.stderr

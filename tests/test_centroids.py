@@ -1,8 +1,6 @@
 """The centroid experiment (claim 3): its numbers against a direct computation, and its entry point."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -29,7 +27,7 @@ from experiments.centroids import (
 )
 from gan.config import ConfigError
 from gan.data import Digits, MixtureOfGaussians
-from tests.conftest import ROOT
+from tests.conftest import run_module
 
 
 @pytest.fixture(scope="module")
@@ -170,13 +168,7 @@ def test_a_data_set_missing_offline_is_a_bad_config(tmp_path):
 
 
 def run(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.centroids", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_module("experiments.centroids", *args)
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@ import json
 import math
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,12 +13,13 @@ from hydra.core.global_hydra import GlobalHydra
 
 from experiments.critic_bench import check_choices
 from gan.config import ConfigError
-from gan.critic_bench import Funnels, KnownPotential, Translation, evaluate, run
+from gan.critic_bench import evaluate, run
 from gan.objectives import WGANGP
+from gan.problems import Funnels, KnownPotential, Translation
 from metrics import known
 from metrics.critic import CRITIC_ESTIMATE, LIPSCHITZ_MAX, critic_vs_w1, input_gradients
 from metrics.ot import wasserstein
-from tests.conftest import CONF, ROOT, check_run_folder
+from tests.conftest import CONF, check_run_folder, run_module
 
 ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 TINY = [
@@ -254,14 +253,7 @@ def test_same_seed_same_numbers_and_resume_continues_exactly(bench_cfg, tmp_path
 
 
 def cli(*args, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.critic_bench", *args],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module("experiments.critic_bench", *args, env=ENV, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -286,7 +278,7 @@ def test_multirun_over_objectives_and_dimensions_writes_checked_run_folders(tmp_
     "overrides, message",
     [
         # refused before Hydra starts
-        (["problem=gaussian"], "problem=gaussian is not an option here; choose one of: funnels, translation"),
+        (["problem=gaussian"], "problem=gaussian is not an option; choose one of: funnels, translation"),
         # refused by the problem's own checks, before the run writes anything
         (["problem.dim=0"], "problem.dim=0: must be a positive integer"),
     ],
@@ -306,10 +298,11 @@ def test_bad_options_fail_in_one_line_before_anything_is_written(tmp_path, overr
     [
         (
             ["objective=exact_ot"],
-            "objective=exact_ot is not an option here; choose one of: wgan_gp, wgan_clip",
+            "objective=exact_ot is not an option here; choose one of: c_eps, ctransform, wgan_clip, wgan_gp, "
+            "wgan_lp, wgan_sn",
         ),
         (["objective=wgan_gp,ns_gan"], "objective=ns_gan is not an option here"),
-        (["problem=translation,gauss"], "problem=gauss is not an option here; choose one of: funnels"),
+        (["problem=translation,gauss"], "problem=gauss is not an option; choose one of: funnels"),
     ],
 )
 def test_bad_choices_are_refused_before_hydra_starts(overrides, message):
@@ -320,8 +313,12 @@ def test_bad_choices_are_refused_before_hydra_starts(overrides, message):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["objective=ns_gan"], "objective=ns_gan trains no W1 critic; choose one of: wgan_gp"),
-        (["problem=funnels", "problem.move_max=1.0"], "problem.move_min=0.25, problem.move_max=1.0: need"),
+        (["objective=ns_gan"], "objective=ns_gan trains no W1 critic; choose one of: c_eps, ctransform"),
+        (
+            ["problem=funnels", "problem.move_max=1.0"],
+            "problem.move_max=1.0: must be a number with 0 < x < 1",
+        ),
+        (["problem=funnels", "problem.move_min=0.8"], "problem.move_min=0.8, problem.move_max=0.75: need"),
         (["problem=translation", "problem.shift=-1"], "problem.shift=-1: must be a positive number"),
         (["eval.box_points=0"], "eval.box_points=0: must be a positive integer"),
     ],

@@ -4,11 +4,8 @@ import csv
 import hashlib
 import json
 import math
-import os
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +24,7 @@ from gan.trainer import train
 from metrics.known import translation_vector, uniform_box
 from metrics.stats import t_interval
 from scripts.summarize import summarize
-from tests.conftest import ROOT, compose_train
+from tests.conftest import compose_train, run_module
 
 # ---------------------------------------------------------------------------------------------------
 # The interval
@@ -329,10 +326,7 @@ def test_sample_writes_a_png_of_the_expected_size(runs, run_copy):
 
 
 def _cli(module, *args, cwd):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+    return run_module(module, *args, cwd=cwd)
 
 
 @pytest.mark.slow

@@ -5,8 +5,6 @@ import json
 import pickle
 import socket
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from torch import nn
 import gan.image_eval as image_eval
 from gan.classifier import ImageClassifier, load_classifier, train_classifier
 from gan.config import ConfigError
+from gan.copies import Single
 from gan.data import Digits, MNIST5k, TorchvisionImages
 from gan.image_eval import (
     IMAGE_QUALITY_KEYS,
@@ -29,10 +28,10 @@ from gan.image_eval import (
     sample_grid,
 )
 from gan.models import DCGANCritic, DCGANGenerator
-from gan.objectives import per_sample_grad_norm
+from gan.objectives import gradient_norms
 from gan.trainer import train
 from metrics.quality import CLASSES_COVERED, FID, KID_MEAN, PRECISION, RECALL
-from tests.conftest import ROOT, check_run_folder
+from tests.conftest import check_run_folder, run_module
 
 BASE_EVAL_KEYS = {"step", "w1_exact", "w2_exact", "w1_real_real", "critic_estimate", "w1_large"}
 # Test-sized classifier budgets: about 5 s (digits) and 15 s (mnist5k) on one CPU thread.
@@ -193,12 +192,9 @@ def test_data_mnist_without_data_stops_the_run_before_training(compose_cfg, tmp_
 
 
 def test_train_classifier_cli_without_data_exits_with_one_line(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable, "-m", "experiments.train_classifier", "data=mnist",
-            f"data.root={tmp_path}", "data.download=false", f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    out = run_module(
+        "experiments.train_classifier", "data=mnist", f"data.root={tmp_path}", "data.download=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
@@ -223,8 +219,8 @@ def test_dcgan_fits_the_image_size(shape):
     scores = critic(images)
     assert scores.shape == (5,)
     assert critic(images.flatten(1)).shape == (5,)  # flattened input accepted
-    norms = per_sample_grad_norm(critic, images, create_graph=True)
-    assert norms.shape == (5,) and torch.isfinite(norms).all()
+    norms = gradient_norms(Single(critic), images[None])
+    assert norms.shape == (1, 5) and torch.isfinite(norms).all()
 
 
 def test_dcgan_critic_scores_each_sample_on_its_own():

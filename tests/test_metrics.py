@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gan.data import MixtureOfGaussians
-from gan.objectives import per_sample_grad_norm, random_interpolates
+from gan.objectives import gradient_norms, random_interpolates
 from metrics.critic import CRITIC_ESTIMATE, CRITIC_GAP, CRITIC_REL_ERROR, critic_vs_w1
 from metrics.ot import wasserstein
 from metrics.quality import HIGH_QUALITY_FRAC, MODES_COVERED, mode_coverage
@@ -58,13 +58,20 @@ def test_gradient_norm_is_over_all_non_batch_dimensions():
     def critic(x):
         return (x * weight).flatten(1).sum(1)
 
-    norms = per_sample_grad_norm(critic, torch.randn(5, 2, 3, 4), create_graph=False)
-    torch.testing.assert_close(norms, weight.norm().expand(5))
+    def copies(x):  # two copies of the critic, the second scaled by 2: (K, B, ...) -> (K, B)
+        return torch.stack([critic(x[0]), 2 * critic(x[1])])
+
+    norms = gradient_norms(copies, torch.randn(2, 5, 2, 3, 4))
+    torch.testing.assert_close(norms, torch.stack([weight.norm().expand(5), 2 * weight.norm().expand(5)]))
 
 
 def test_interpolation_weight_is_drawn_per_sample():
-    real, fake = torch.ones(64, 1, 2, 2), torch.zeros(64, 1, 2, 2)
-    mix = random_interpolates(real, fake, torch.Generator().manual_seed(0))
-    per_sample = mix.flatten(1)
-    assert torch.all(per_sample == per_sample[:, :1])  # one weight within a sample
-    assert per_sample[:, 0].unique().numel() == 64  # a different weight for each sample
+    real, fake = torch.ones(2, 64, 1, 2, 2), torch.zeros(2, 64, 1, 2, 2)
+    rngs = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    mix = random_interpolates(real, fake, rngs)
+    per_sample = mix.flatten(2)
+    assert torch.all(per_sample == per_sample[..., :1])  # one weight within a sample
+    assert per_sample[..., 0].unique().numel() == 128  # a different weight for each sample and copy
+    # Each copy's weights come from its own generator, as a single run with that generator draws them.
+    alone = random_interpolates(real[1:], fake[1:], [torch.Generator().manual_seed(1)])
+    assert torch.equal(alone[0], mix[1])

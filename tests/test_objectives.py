@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.custom_scalar import layout_pb2
 from torch import nn
 
+from gan.copies import Single
 from gan.data import MixtureOfGaussians
 from gan.evaluation import evaluate
 from gan.models import MLPCritic, MLPGenerator
@@ -131,15 +132,17 @@ def test_sinkhorn_envelope_gradient_agrees_with_finite_differences():
 
 def test_one_sided_and_two_sided_penalties():
     # f(x) = s <x, e1>: slope s everywhere. GP penalises s != 1 both ways, LP only s > 1.
-    real, fake = torch.randn(16, 2), torch.randn(16, 2)
+    real, fake = torch.randn(1, 16, 2), torch.randn(1, 16, 2)
     gen = torch.Generator().manual_seed(0)
     for slope, gp, lp in ((0.5, 0.25, 0.0), (1.0, 0.0, 0.0), (3.0, 4.0, 4.0)):
 
         def critic(x, s=slope):
-            return s * x[:, 0]
+            return s * x[..., 0]
 
-        assert WGANGP(1, None, None, 10.0).penalty(critic, real, fake, gen).item() == pytest.approx(gp)
-        assert WGANLP(1, None, None, 10.0).penalty(critic, real, fake, gen).item() == pytest.approx(lp)
+        for objective, penalty in ((WGANGP(1, None, None, 10.0), gp), (WGANLP(1, None, None, 10.0), lp)):
+            losses = objective.critic_loss(critic, real, fake, [gen])
+            assert losses["penalty"].item() == pytest.approx(penalty)
+            assert losses["loss"].item() == pytest.approx(losses["critic"].item() + 10.0 * penalty)
 
 
 def test_weight_clipping_clamps_every_parameter():
@@ -147,7 +150,7 @@ def test_weight_clipping_clamps_every_parameter():
     with torch.no_grad():
         for p in critic.parameters():
             p.mul_(100)
-    WGANClip(1, None, None, clip_value=0.01).after_critic_step(critic)
+    WGANClip(1, None, None, clip_value=0.01).after_critic_step(Single(critic))
     assert all(p.abs().max() <= 0.01 for p in critic.parameters())
 
 
@@ -159,7 +162,8 @@ def test_evaluation_and_probe_leave_the_training_state_alone(compose_cfg, name):
     generator = MLPGenerator(latent_dim=8, width=16, depth=2, out_shape=(2,))
     objective = instantiate(cfg.objective)
     critic = objective.prepare_critic(MLPCritic(width=16, depth=2, in_shape=(2,)))
-    opt_g, opt_c = objective.optimizers(generator, critic)
+    opt_g = objective.generator_optimizer(generator.parameters())
+    opt_c = objective.critic_optimizer(critic.parameters())
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (generator, critic)] + [
         json.dumps(str(o.state_dict())) for o in (opt_g, opt_c)
     ]

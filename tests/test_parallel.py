@@ -2,26 +2,28 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from gan import checkpoint, parallel, trainer
+from gan import checkpoint, trainer
 from gan.config import ConfigError
 from scripts import bench_parallel, summarize
-from tests.conftest import ROOT, TINY, check_run_folder, compose_train
+from tests.conftest import TINY, check_run_folder, compose_train, run_module
 
 # The copies' forward and backward passes are batched matrix products over stacked weights, which can
 # round differently from the single run's unbatched ones (here: the critic's scalar output layer, the
 # generator's first-layer weight gradient), and training compounds rounding differences step by step.
-# Measured at this budget (20 steps, widths 16, batch 32): metrics differ from the separate runs' by at
-# most 1.6e-7 relative (wgan_lp; 7e-9 for wgan_gp, 6e-8 for ns_gan; wgan_clip is bit-identical).
+# Measured at this budget (20 steps, widths 16, batch 32, seeds 0 and 1): metrics differ from the
+# separate runs' by at most 5e-7 relative (wgan_sn; 8e-9 wgan_gp, 1e-9 wgan_lp, 7e-9 ns_gan, 2e-9
+# ctransform, 2e-10 exact_ot and sinkhorn, 6e-8 the MLP on digits; wgan_clip is bit-identical).
 # rel 1e-5 leaves a wide margin and still fails on any wrong draw or gradient, which changes the
-# numbers by far more from the first update on.
+# numbers by far more from the first update on. c_eps is the exception: its soft-min over a tiny ReLU
+# critic lets one rounding difference flip an activation, and seed 0 jumps from 1e-7 (step 10) to 1e-5
+# relative in critic_estimate and 2e-5 absolute in grad_ot_cosine (step 20); it gets rel 1e-3, abs 1e-4.
 REL = 1e-5
+TOLERANCE = {"objective=c_eps": {"rel": 1e-3, "abs": 1e-4}}
 SHORT = [*TINY, "train.steps=20", "eval.every=10", "eval.plot=false"]
 SEEDS = (5, 6, 7)
 
@@ -38,7 +40,7 @@ def _summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def _assert_same_numbers(rows, expected):
+def _assert_same_numbers(rows, expected, *, rel=REL, abs=1e-12):
     assert [r["step"] for r in rows] == [r["step"] for r in expected]
     for row, want in zip(rows, expected, strict=True):
         assert row.keys() == want.keys()
@@ -46,7 +48,7 @@ def _assert_same_numbers(rows, expected):
             if isinstance(value, int):
                 assert row[key] == value, (row["step"], key)
             else:
-                assert row[key] == pytest.approx(value, rel=REL, abs=1e-12), (row["step"], key)
+                assert row[key] == pytest.approx(value, rel=rel, abs=abs), (row["step"], key)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def separate(tmp_path_factory):
 def batched(tmp_path_factory):
     """The same three seeds as one job with train.parallel_seeds=3."""
     run_dir = tmp_path_factory.mktemp("batched") / "run"
-    summary = parallel.train(_compose("seed=5", "train.parallel_seeds=3"), run_dir)
+    summary = trainer.train(_compose("seed=5", "train.parallel_seeds=3"), run_dir)
     return run_dir, summary
 
 
@@ -114,29 +116,43 @@ def test_the_run_folder_holds_one_checked_run_per_copy(batched):
 
 def test_a_copy_does_not_depend_on_the_other_copies(batched, tmp_path):
     # Seed 6 as the second of three copies and as the first of two: bit for bit the same.
-    parallel.train(_compose("seed=6", "train.parallel_seeds=2"), tmp_path)
+    trainer.train(_compose("seed=6", "train.parallel_seeds=2"), tmp_path)
     assert _rows(tmp_path / "seed_6") == _rows(batched[0] / "seed_6")
     assert _summary(tmp_path / "seed_6")["final"] == _summary(batched[0] / "seed_6")["final"]
 
 
-@pytest.mark.parametrize("objective", ["wgan_lp", "wgan_clip", "ns_gan"])
-def test_every_supported_objective_gives_the_numbers_of_separate_runs(tmp_path, objective):
-    parallel.train(_compose(f"objective={objective}", "train.parallel_seeds=2"), tmp_path / "batched")
+OBJECTIVES = ["wgan_lp", "wgan_clip", "wgan_sn", "ns_gan", "ctransform", "c_eps", "exact_ot", "sinkhorn"]
+IMAGE_MLP = ["data=digits", "model.latent_dim=8"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [[f"objective={name}"] for name in OBJECTIVES] + [IMAGE_MLP, [*IMAGE_MLP, "objective=ctransform"]],
+    ids=" ".join,
+)
+def test_every_objective_gives_the_numbers_of_separate_runs(tmp_path, overrides):
+    trainer.train(_compose(*overrides, "train.parallel_seeds=2"), tmp_path / "batched")
     for seed in (0, 1):
-        trainer.train(_compose(f"objective={objective}", f"seed={seed}"), tmp_path / str(seed))
-        _assert_same_numbers(_rows(tmp_path / "batched" / f"seed_{seed}"), _rows(tmp_path / str(seed)))
+        trainer.train(_compose(*overrides, f"seed={seed}"), tmp_path / str(seed))
+        _assert_same_numbers(
+            _rows(tmp_path / "batched" / f"seed_{seed}"),
+            _rows(tmp_path / str(seed)),
+            **TOLERANCE.get(" ".join(overrides), {}),
+        )
 
 
 def test_a_diverging_copy_stops_alone(separate, tmp_path, monkeypatch):
-    def build_with_nan(cfg, device):
-        built = trainer.build(cfg, device)
+    build = trainer.build
+
+    def build_with_nan(cfg, device, data=None):
+        built = build(cfg, device, data)
         if cfg.seed == 6:  # its critic: the step-0 evaluation finds a NaN estimate
             with torch.no_grad():
                 next(built[2].parameters()).fill_(math.nan)
         return built
 
-    monkeypatch.setattr(parallel, "build", build_with_nan)
-    summary = parallel.train(_compose("seed=5", "train.parallel_seeds=3"), tmp_path)
+    monkeypatch.setattr(trainer, "build", build_with_nan)
+    summary = trainer.train(_compose("seed=5", "train.parallel_seeds=3"), tmp_path)
 
     assert summary["status"] == "diverged"
     assert summary["runs"] == {"seed_5": "completed", "seed_6": "diverged", "seed_7": "completed"}
@@ -153,7 +169,7 @@ def test_copies_diverging_in_training_are_recorded_as_a_single_run_records_them(
         "train.log_every=1",
         "eval.probe_every=0",
     ]
-    summary = parallel.train(_compose(*absurd, "train.parallel_seeds=2"), tmp_path / "batched")
+    summary = trainer.train(_compose(*absurd, "train.parallel_seeds=2"), tmp_path / "batched")
     assert summary["status"] == "diverged"
     for seed in (0, 1):
         single = trainer.train(_compose(*absurd, f"seed={seed}"), tmp_path / str(seed))
@@ -179,7 +195,7 @@ class StopAtStep7(checkpoint.StopRequests):
 def test_an_interrupted_job_resumes_every_copy_exactly(tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(checkpoint, "StopRequests", StopAtStep7)
-        summary = parallel.train(_compose("seed=5", "train.parallel_seeds=2"), tmp_path / "a")
+        summary = trainer.train(_compose("seed=5", "train.parallel_seeds=2"), tmp_path / "a")
     assert summary["status"] == "interrupted" and summary["runs"] == {
         "seed_5": "interrupted",
         "seed_6": "interrupted",
@@ -187,18 +203,18 @@ def test_an_interrupted_job_resumes_every_copy_exactly(tmp_path, monkeypatch):
     assert torch.load(tmp_path / "a" / "seed_6" / "checkpoints" / "last.pt", weights_only=True)["step"] == 7
 
     assert (
-        parallel.train(_compose("seed=5", "train.parallel_seeds=2", "resume=true"), tmp_path / "a")["status"]
+        trainer.train(_compose("seed=5", "train.parallel_seeds=2", "resume=true"), tmp_path / "a")["status"]
         == "completed"
     )
-    parallel.train(_compose("seed=5", "train.parallel_seeds=2"), tmp_path / "b")
+    trainer.train(_compose("seed=5", "train.parallel_seeds=2"), tmp_path / "b")
     for seed in (5, 6):
         a, b = tmp_path / "a" / f"seed_{seed}", tmp_path / "b" / f"seed_{seed}"
         assert _rows(a) == _rows(b)
         assert _summary(a)["final"] == _summary(b)["final"]
     with pytest.raises(ConfigError, match="already holds a run"):
-        parallel.train(_compose("seed=5", "train.parallel_seeds=2"), tmp_path / "a")
+        trainer.train(_compose("seed=5", "train.parallel_seeds=2"), tmp_path / "a")
     with pytest.raises(ConfigError, match="checkpoints are at different steps"):  # a copy more, from step 0
-        parallel.train(_compose("seed=5", "train.parallel_seeds=3", "resume=true"), tmp_path / "a")
+        trainer.train(_compose("seed=5", "train.parallel_seeds=3", "resume=true"), tmp_path / "a")
 
     # Each copy's folder is a single run's: the single-run trainer resumes it as it is.
     assert (
@@ -206,23 +222,10 @@ def test_an_interrupted_job_resumes_every_copy_exactly(tmp_path, monkeypatch):
     )
 
 
-UNSUPPORTED = [
-    ["objective=ctransform"],
-    ["objective=wgan_sn"],
-    ["objective=exact_ot"],
-    ["data=digits"],
-    ["data=digits", "model=dcgan"],
-]
-
-
-@pytest.mark.parametrize("overrides", UNSUPPORTED, ids=" ".join)
-def test_unsupported_configs_fail_in_one_line_before_anything_is_written(tmp_path, overrides):
+def test_models_that_cannot_be_stacked_fail_in_one_line_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError) as info:
-        parallel.train(_compose(*overrides, "train.parallel_seeds=4"), tmp_path / "run")
-    assert str(info.value) == (
-        "train.parallel_seeds=4 supports objective in {ns_gan, wgan_clip, wgan_gp, wgan_lp} "
-        "with model=mlp on toy data (gaussians8, gaussians25, swissroll)"
-    )
+        trainer.train(_compose("data=digits", "model=dcgan", "train.parallel_seeds=4"), tmp_path / "run")
+    assert str(info.value) == "train.parallel_seeds=4 batches the MLP models only (model=mlp)"
     assert not (tmp_path / "run").exists()
 
 
@@ -230,10 +233,7 @@ def test_unsupported_configs_fail_in_one_line_before_anything_is_written(tmp_pat
 def test_the_entry_point_runs_the_copies(tmp_path):
     run_dir = tmp_path / "run"
     overrides = ["data=swissroll", "seed=3", "train.parallel_seeds=2", f"hydra.run.dir={run_dir}"]
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.train", *TINY, *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    out = run_module("experiments.train", *TINY, *overrides)
     assert out.returncode == 0, out.stderr
     check_run_folder(run_dir / "seed_3", run_dir / "seed_4")
     overrides = (run_dir / "seed_4" / ".hydra" / "overrides.yaml").read_text().splitlines()

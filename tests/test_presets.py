@@ -126,7 +126,7 @@ def test_every_job_of_the_sweep_builds(compose_full, preset):
     for job in sorted(jobs):
         cfg = compose_full(*TINY, f"experiment={preset}", *job)
         validate_job(cfg)
-        data, generator, critic, objective, _, _ = build(cfg, torch.device("cpu"))
+        data, generator, critic, objective = build(cfg, torch.device("cpu"))
         z = torch.zeros(2, generator.latent_dim)
         assert tuple(generator(z).shape[1:]) == tuple(data.shape), job
         assert (critic is None) == (not objective.uses_critic)

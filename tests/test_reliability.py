@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from gan import checkpoint
 from gan.config import ConfigError
 from gan.trainer import train
-from tests.conftest import ROOT, TINY, check_run_folder
+from tests.conftest import ROOT, TINY, check_run_folder, run_module
 
 # Long enough to be killed partway, small enough to finish in seconds.
 KILLABLE = [
@@ -194,11 +194,9 @@ def test_divergence_is_recorded_with_the_last_good_metrics(compose_cfg, tmp_path
 
 @pytest.mark.slow
 def test_a_diverging_job_does_not_stop_the_sweep(tmp_path):
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.train", "--multirun", *TINY, "train.log_every=1",
-         "objective.critic_optimizer.lr=1e-4,1e30", f"hydra.sweep.dir={tmp_path}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    lrs = "objective.critic_optimizer.lr=1e-4,1e30"
+    sweep = f"hydra.sweep.dir={tmp_path}"
+    out = run_module("experiments.train", "--multirun", *TINY, "train.log_every=1", lrs, sweep)
     assert out.returncode == 0, out.stderr  # diverging is an outcome, not a crash
     runs = [p for p in tmp_path.iterdir() if (p / "summary.json").exists()]
     jobs = sorted((p.name, _summary(p)["status"]) for p in runs)
@@ -227,10 +225,7 @@ def test_a_run_stored_before_a_key_existed_resumes_with_its_old_behaviour(compos
 
 
 def _run_cli(*overrides):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.train", *TINY, *overrides],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return run_module("experiments.train", *TINY, *overrides)
 
 
 @pytest.mark.parametrize(

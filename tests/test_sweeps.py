@@ -3,8 +3,6 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -12,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.utils import setup_globals
 from omegaconf import OmegaConf
 
-from tests.conftest import CONF, ROOT, TINY, check_run_folder
+from tests.conftest import CONF, TINY, check_run_folder, run_module
 
 # One intra-op thread per process: on a shared 2-core machine, torch's default of two threads makes
 # these tiny runs many times slower, and the launchers start several processes at once.
@@ -22,21 +20,8 @@ TINY_NO_STEPS = [o for o in TINY if not o.startswith("train.steps=")]
 
 
 def sweep(sweep_dir, *overrides, tiny=TINY):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.train",
-            "--multirun",
-            *tiny,
-            *overrides,
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return run_module(
+        "experiments.train", "--multirun", *tiny, *overrides, f"hydra.sweep.dir={sweep_dir}", env=ENV
     )
 
 

@@ -1,17 +1,15 @@
-"""What every Hydra entry point that writes a run folder shares: one-line errors, failure records."""
+"""What the Hydra entry points share: one-line errors, failure records, checks before Hydra starts."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from gan.config import ConfigError, check_output_dirs, validate
@@ -19,23 +17,11 @@ from gan.config import ConfigError, check_output_dirs, validate
 log = logging.getLogger(__name__)
 
 
-def instantiate_or_fail(node, what: str, **kwargs):
-    """``hydra.utils.instantiate`` whose failures become one-line :class:`ConfigError` s naming ``what``."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__ or exc
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ConfigError(f"{what} cannot be built: {reason}") from None
-
-
 def record_failure(run_dir: str | Path, exc: Exception) -> None:
     """A job that stopped before it wrote its summary still says why, in its own folder."""
-    from gan.runlog import atomic_write_json  # loads torch: only when there is a failure to record
+    from gan.runfolder import SUMMARY, atomic_write_json
 
-    path = Path(run_dir) / "summary.json"
+    path = Path(run_dir) / SUMMARY
     if not path.exists():
         error = f"{type(exc).__name__}: {exc}"
         summary = {"status": "failed", "steps_done": 0, "elapsed_s": 0.0, "final": {}, "error": error}
@@ -88,3 +74,33 @@ def precheck(checks: Callable[[list[str]], None]) -> None:
         sys.exit(2)
     except Exception:
         pass  # malformed overrides: let Hydra report them in its own words
+
+
+def one_line_errors(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; a :class:`ConfigError` becomes one line on stderr and exit code 2."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def quote_path_arguments(keys: Iterable[str] = ("run", "checkpoint", "out")) -> None:
+    """Quote the values of ``key=<path>`` arguments in ``sys.argv`` for Hydra's override parser.
+
+    Sweep job folders are named after their overrides (``3_objective=wgan_gp,seed=1``), and unquoted, the
+    ``=`` and ``,`` of such a path are override syntax. Values already in quotes are left as they are.
+    """
+    keys = tuple(keys)
+    for i, arg in enumerate(sys.argv[1:], start=1):
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and value and value[0] not in "'\"":
+            escaped = value.replace("'", "\\'")
+            sys.argv[i] = f"{key}='{escaped}'"
+
+
+def refuse_multirun(app: str) -> None:
+    """Hydra's sweeps write ``multirun.yaml`` and job folders; these tools write only into the run folder."""
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        print(f"error: {app} takes one run folder and one setting per call (no --multirun)", file=sys.stderr)
+        sys.exit(2)
