@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -13,8 +15,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from gan.config import ConfigError, check_output_dirs, validate
+from gan.runfolder import FolderInUse, owned
 
 log = logging.getLogger(__name__)
+
+# TensorBoard's scalars at its default port, with smoothing off (its default, 0.6, shifts sparse curves).
+TENSORBOARD_URL = "http://localhost:6006/#scalars&_smoothingWeight=0"
 
 
 def record_failure(run_dir: str | Path, exc: Exception) -> None:
@@ -42,23 +48,36 @@ def run_job(cfg: DictConfig, load_runner: Callable[[], Callable[[DictConfig, str
 
     ``load_runner`` imports the runner only after validation, so bad input fails without loading torch.
     A :class:`ConfigError` ends a single run with one line and exit code 2; in a multirun it is recorded
-    in the job's ``summary.json`` and raised, so the launcher goes on with the other jobs.
+    in the job's ``summary.json`` and raised, so the launcher goes on with the other jobs. A file that
+    cannot be written (a full disk, a quota) ends a single run with one line and exit code 1, after the
+    run has recorded ``status: failed`` where it still could.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
+    # TensorBoard writes from a thread: a failed write there (a full disk) is logged in one line and
+    # raised again by the run's next write, which ends the run as failed.
+    threading.excepthook = lambda args: log.warning("%s stopped: %s", args.thread.name, args.exc_value)
     try:
         validate(cfg)
-        runner = load_runner()
-        log.info("run folder: %s", run_dir)
-        summary = runner(cfg, run_dir)  # raises ConfigError from setup, before it writes anything
+        with owned(Path(run_dir)):  # a second process on this folder stops here, before torch loads
+            runner = load_runner()
+            log.info("run folder: %s", run_dir)
+            summary = runner(cfg, run_dir)  # raises ConfigError from setup, before it writes anything
     except ConfigError as exc:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if hydra_cfg.mode == RunMode.MULTIRUN and not isinstance(exc, FolderInUse):
             record_failure(run_dir, exc)
         exit_or_raise(exc)
     except Exception as exc:
-        record_failure(run_dir, exc)
+        with contextlib.suppress(OSError):
+            record_failure(run_dir, exc)
+        if isinstance(exc, OSError) and hydra_cfg.mode != RunMode.MULTIRUN:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
         raise
-    print(f"run folder: {run_dir}\nsee the curves: tensorboard --logdir {run_dir}")
+    print(
+        f"run folder: {run_dir}\nsee the curves: tensorboard --logdir {run_dir}\n"
+        f"then open {TENSORBOARD_URL} (smoothing off: the curves are exact values, not trends)"
+    )
     return summary
 
 

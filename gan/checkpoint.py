@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import signal
 import threading
-import zipfile
 from pathlib import Path
 
 import torch
@@ -46,23 +44,78 @@ TRAIN_CHECKPOINT = (
 )
 
 
-def load(path: Path, owner=TRAIN_CHECKPOINT) -> dict:
-    """Load a checkpoint with ``weights_only=True``; one-line :class:`ConfigError` when unreadable or not
-    written by ``owner``, a pair (entry point's name, predicate on the loaded dict)."""
+def load(path: Path, owner=TRAIN_CHECKPOINT, *, steps: int | None = None) -> dict:
+    """Load a checkpoint with ``weights_only=True``; one-line :class:`ConfigError` when it cannot be read,
+    is not written by ``owner`` (a pair: entry point's name, predicate on the loaded dict), holds
+    values of other types than a run saves (:func:`check_state`), or is at a step beyond ``steps``."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # any bytes: torch, zipfile and the unpickler raise a dozen different errors
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ConfigError(f"checkpoint {path} cannot be read (truncated or corrupt?): {reason}") from None
     name, is_ours = owner
     if not isinstance(state, dict) or not is_ours(state):
         raise ConfigError(f"checkpoint {path} is not a checkpoint of {name}")
+    problem = check_state(state)
+    if problem:
+        raise ConfigError(f"checkpoint {path} is damaged: {problem}")
+    if steps is not None and state["step"] > steps:
+        raise ConfigError(f"checkpoint {path} is at step {state['step']}, beyond train.steps={steps}")
     return state
+
+
+def _is_state(value) -> bool:
+    """A value of a state dict: tensors, numbers, strings, None, and lists, tuples or dicts of them."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str | int) and _is_state(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_is_state(v) for v in value)
+    return value is None or isinstance(value, torch.Tensor | int | float | str | bool)
+
+
+def _is_rng_state(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def check_state(state: dict) -> str | None:
+    """What is wrong with a loaded checkpoint's types and values, or ``None``."""
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"step={step!r}, not an integer >= 0"
+    for key in ("elapsed", "eval_s", "metrics_rows"):
+        value = state.get(key, 0)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < float("inf"):
+            return f"{key}={value!r}, not a number >= 0"
+    if not isinstance(state.get("config"), dict):
+        return "no config"
+    for key in ("torch_rng", "train_rng"):
+        if key in state and not _is_rng_state(state[key]):
+            return f"{key} is not a random-generator state"
+    for key in ("generator", "critic"):  # module state dicts
+        value = state.get(key)
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(v, torch.Tensor) for v in value.values())
+        ):
+            return f"{key} is not a module's state"
+    for key in ("opt_g", "opt_c"):  # optimiser state dicts
+        value = state.get(key)
+        if value is not None and not (
+            isinstance(value, dict)
+            and isinstance(value.get("state"), dict)
+            and isinstance(value.get("param_groups"), list)
+            and value["param_groups"]
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in value["param_groups"])
+        ):
+            return f"{key} is not an optimiser's state"
+    bad = [key for key, value in state.items() if not _is_state(value)]
+    return f"unexpected values in {', '.join(bad)}" if bad else None
 
 
 # Keys added to the config after runs were first stored, with the value that reproduces what a run
 # stored without them did: such a run still resumes when the key has that value.
-ADDED_KEYS = {"eval.draws": 1, "eval.inception_weights": None, "train.parallel_seeds": 1}
+ADDED_KEYS = {
+    "eval.draws": 1, "eval.inception_weights": None, "train.parallel_seeds": 1, "eval.curve_every": 0,
+}  # fmt: skip
 
 
 def config_differences(stored: dict, cfg: DictConfig) -> list[str]:
@@ -93,7 +146,7 @@ def prepare_run_dir(run_dir: Path, cfg: DictConfig, owner=TRAIN_CHECKPOINT) -> d
     if not path.exists():
         (run_dir / METRICS).unlink(missing_ok=True)  # lines written before any checkpoint are redone
         return None
-    state = load(path, owner)
+    state = load(path, owner, steps=cfg.train.steps)
     diff = config_differences(state["config"], cfg)
     if diff:
         raise ConfigError(
@@ -107,27 +160,37 @@ def fitting(what: str):
     """Turn a failure to load a state into one line: the checkpoint does not fit ``what``."""
     try:
         yield
-    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+    except Exception as exc:  # whatever a damaged state dict makes load_state_dict raise
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"checkpoint does not fit {what}: {first}") from None
 
 
-def truncate_metrics(path: Path, before_step: int) -> int:
-    """Keep the evaluation lines with ``step < before_step`` (a killed run may have written more, or
-    half a line); returns how many lines are kept."""
+def truncate_metrics(path: Path, before_step: int) -> list[dict]:
+    """Keep the evaluation lines with ``step < before_step``; returns them.
+
+    A run killed while writing leaves half a last line, which is dropped; a line that cannot be read
+    anywhere else means the file was damaged, and raises a one-line :class:`ConfigError`.
+    """
     if not path.exists():
-        return 0
+        return []
+    lines = path.read_text().splitlines()
     kept = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            break  # a line cut by a kill, and nothing after it is trusted
-        if row.get("step", before_step) >= before_step:
+            if number == len(lines):
+                break  # cut by a kill
+            more = len(lines) - number
+            raise ConfigError(f"{path} line {number} is not valid JSON, and {more} line(s) follow") from None
+        step = row.get("step") if isinstance(row, dict) else None
+        if not isinstance(step, int):
+            raise ConfigError(f"{path} line {number} is not an evaluation (no integer step)")
+        if step >= before_step:
             break
-        kept.append(line)
-    atomic_write_bytes(path, "".join(line + "\n" for line in kept).encode())
-    return len(kept)
+        kept.append((line, row))
+    atomic_write_bytes(path, "".join(line + "\n" for line, _ in kept).encode())
+    return [row for _, row in kept]
 
 
 class StopRequests:

@@ -110,6 +110,7 @@ SCHEMA: dict[str, Accepts] = {
     "train.parallel_seeds": POSITIVE_INT,
     # eval/
     "eval.every": POSITIVE_INT,
+    "eval.curve_every": integer(0),
     "eval.batch_size": POSITIVE_INT,
     "eval.large_n": POSITIVE_INT,
     "eval.solver": one_of(*SOLVERS),

@@ -20,27 +20,24 @@ from omegaconf import DictConfig
 from gan import checkpoint
 from gan.config import ConfigError, instantiate_or_fail, validate
 from gan.copies import Single
-from gan.evaluation import critic_values, draw_seed, eval_generator
+from gan.evaluation import add_counted, critic_values, draw_seed, eval_generator, eval_mode, pair_metrics
 from gan.loop import Hook, run_loop
-from gan.plots import toy_scatter
-from gan.runlog import Run, tb_tag
+from gan.plots import figure_title, toy_scatter
+from gan.runlog import COMPARE_TAG, Run, group_choices, tb_tag
 from gan.trainer import seed_everything
 from metrics import known
 from metrics.critic import (
     CRITIC_ESTIMATE,
     GRAD_OT_COSINE,
     LIPSCHITZ_MAX,
-    critic_vs_w1,
     ctransform_bound,
     grad_ot_cosine,
     input_gradients,
     lipschitz_max,
 )
-from metrics.ot import W1_EXACT, batch_distances, wasserstein
+from metrics.ot import W1_EXACT
 
 log = logging.getLogger(__name__)
-
-W1_REAL_REAL = "w1_real_real"
 
 
 @torch.no_grad()
@@ -64,17 +61,10 @@ def evaluate(critic, problem, objective, eval_cfg, truth: dict[str, float], *, r
 
     The critic is put in ``eval()`` mode for the evaluation and restored after it.
     """
-    n, solver = eval_cfg.batch_size, eval_cfg.solver
-    was_training = critic.training
-    critic.eval()
-    try:
-        _, real = problem.sample(n, rng)
-        fake, _ = problem.sample(n, rng)
-        _, real_other = problem.sample(n, rng)
-        row = batch_distances(real, fake, solver=solver)
-        row[W1_REAL_REAL] = wasserstein(real, real_other, p=1, solver=solver)
-        row |= truth
-        row |= critic_vs_w1(*critic_values(objective, critic, real, fake), row[W1_EXACT])
+    solver = eval_cfg.solver
+    with eval_mode(critic):
+        real, real_other, fake = _batches(problem, eval_cfg.batch_size, rng)
+        row = pair_metrics(objective, critic, real, real_other, fake, solver=solver) | truth
         row |= known.estimate_vs_truth(row[CRITIC_ESTIMATE], truth[known.W1_TRUE])
         row |= ctransform_bound(critic(real), real, fake)
 
@@ -83,8 +73,9 @@ def evaluate(critic, problem, objective, eval_cfg, truth: dict[str, float], *, r
         row |= known.grad_true_cosine(grad, grad_true)
         row |= known.grad_error(grad, grad_true)
         cosine = grad_ot_cosine(grad, real, fake, solver=solver)
-        if math.isfinite(cosine[GRAD_OT_COSINE]):  # NaN only when the plan moves no point
-            row |= cosine
+        if not math.isfinite(cosine[GRAD_OT_COSINE]):  # NaN only when the plan moves no point
+            del cosine[GRAD_OT_COSINE]
+        add_counted(row, cosine, GRAD_OT_COSINE)
 
         lip_samples = lipschitz_max(critic, real, fake, seed=draw_seed(rng))[LIPSCHITZ_MAX]
         low, high = problem.bounds()
@@ -92,32 +83,48 @@ def evaluate(critic, problem, objective, eval_cfg, truth: dict[str, float], *, r
         lip_box = known.lipschitz_max_at(critic, [box])[LIPSCHITZ_MAX]
         row[LIPSCHITZ_MAX] = max(lip_samples, lip_box)
         row[known.LIPSCHITZ_MAX_BOX] = lip_box
-    finally:
-        critic.train(was_training)
     return row
+
+
+def _batches(problem, n: int, rng: torch.Generator):
+    """A batch ``x`` of ``Q``, a second one ``x'`` and a batch ``y`` of ``P``, drawn in the order
+    ``x``, ``y``, ``x'``."""
+    _, real = problem.sample(n, rng)
+    fake, _ = problem.sample(n, rng)
+    _, real_other = problem.sample(n, rng)
+    return real, real_other, fake
+
+
+@torch.no_grad()
+def curve(critic, problem, objective, eval_cfg, *, rng) -> dict[str, float]:
+    """The per-batch keys that cost milliseconds, on the batches :func:`evaluate` draws first from the
+    same ``rng``."""
+    with eval_mode(critic):
+        real, real_other, fake = _batches(problem, eval_cfg.batch_size, rng)
+        return pair_metrics(objective, critic, real, real_other, fake, solver=eval_cfg.solver, w2=False)
 
 
 # ---------------------------------------------------------------------------------------------------
 # The task
 
 
+# The critic's estimate, the true W1, the minibatch W1 and the noise floor, in four colours on one chart.
+BENCH_COMPARED = (CRITIC_ESTIMATE, known.W1_TRUE, W1_EXACT, "w1_real_real")
+
+
 def bench_charts() -> dict:
-    tags = {
-        "estimates": [CRITIC_ESTIMATE, known.W1_TRUE, W1_EXACT, W1_REAL_REAL],
-        "direction": [known.GRAD_TRUE_COSINE, GRAD_OT_COSINE],
-        "gradient": [known.GRAD_ERROR, LIPSCHITZ_MAX, known.LIPSCHITZ_MAX_BOX],
-    }
+    direction = [tb_tag(k) for k in (known.GRAD_TRUE_COSINE, GRAD_OT_COSINE)]
+    gradient = [tb_tag(k) for k in (known.GRAD_ERROR, LIPSCHITZ_MAX, known.LIPSCHITZ_MAX_BOX)]
     return {
         "critic vs known truth": {
-            "critic estimate, true W1, minibatch W1, real-vs-real W1": [
-                "Multiline", [tb_tag(k) for k in tags["estimates"]]
-            ],
+            "critic estimate, true W1, minibatch W1, real-vs-real W1": ["Multiline", [COMPARE_TAG]],
             "cosine of the critic's gradient to the true one and to the minibatch plan": [
-                "Multiline", [tb_tag(k) for k in tags["direction"]]
+                "Multiline",
+                direction,
             ],
-            "gradient error and largest gradient norm": ["Multiline", [tb_tag(k) for k in tags["gradient"]]],
+            "gradient error and largest gradient norm": ["Multiline", gradient],
         }
-    }  # fmt: skip
+    }
 
 
 class CriticBench:
@@ -143,7 +150,8 @@ class CriticBench:
         self.opt_c = self.objective.critic_optimizer(self.critic.parameters())
         self.rngs = [torch.Generator(self.device).manual_seed(cfg.seed)]
         self.truth = self.problem.truth()
-        self.runs = [Run(run_dir, cfg, cfg.seed, charts=bench_charts())]
+        choices, charts = group_choices(cfg), bench_charts()
+        self.runs = [Run(run_dir, cfg, cfg.seed, charts=charts, choices=choices, compared=BENCH_COMPARED)]
         log.info("true W1 = %.6g ± %.2g (95%%)", self.truth[known.W1_TRUE], self.truth[known.W1_TRUE_CI95])
 
     def update(self) -> dict[str, torch.Tensor]:
@@ -160,12 +168,18 @@ class CriticBench:
             self.critic.module(0), self.problem, self.objective, self.cfg.eval, self.truth, rng=rng
         )
 
+    def curve(self, k: int, step: int) -> dict:
+        rng = eval_generator(self.cfg.seed, step, self.device)
+        return curve(self.critic.module(0), self.problem, self.objective, self.cfg.eval, rng=rng)
+
     def figures(self, k: int, step: int, writer) -> None:
         if self.cfg.eval.plot and self.problem.dim == 2:
             fake, real = self.problem.sample(512, eval_generator(self.cfg.seed, step, self.device))
-            writer.add_figure(
-                "samples/Q_real_vs_P_generated", toy_scatter(real, fake, self.critic.module(0)), step
-            )
+            low, high = (b.double().cpu() for b in self.problem.bounds())  # the problem's box, and a margin
+            limits = (low - 0.05 * (high - low), high + 0.05 * (high - low))
+            title = figure_title(self.runs[0].final)
+            fig = toy_scatter(real, fake, self.critic.module(0), limits=limits, title=title)
+            writer.add_figure("samples/Q_real_vs_P_generated", fig, step)
 
     def state(self, k: int) -> dict:
         return {

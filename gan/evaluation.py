@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import math
 
 import numpy as np
@@ -25,9 +27,11 @@ from metrics.critic import (
     lipschitz_max,
     probe_vs_w1,
 )
-from metrics.ot import OT_NONOPTIMAL, W1_EXACT, W2_EXACT, batch_distances, wasserstein
+from metrics.ot import OT_NONOPTIMAL, W1_EXACT, W2_EXACT, batch_distances, wasserstein_counted
 from metrics.quality import large_sample_w1, mode_coverage
 from metrics.stats import CI95_SUFFIX, t_interval
+
+log = logging.getLogger(__name__)
 
 W1_REAL_REAL = "w1_real_real"
 # Measured on each pair of evaluation batches: with eval.draws > 1, averaged over the draws with a 95%
@@ -53,6 +57,18 @@ def sample_generator(generator: nn.Module, n: int, rng: torch.Generator) -> torc
 
 def draw_seed(rng: torch.Generator) -> int:
     return int(torch.randint(2**62, (1,), generator=rng, device=rng.device))
+
+
+def add_counted(row: dict, part: dict, what: str | None) -> dict:
+    """``row`` updated with ``part``, whose count of exact solves that stopped before optimality
+    (``OT_NONOPTIMAL``) is added to the row's instead of replacing it; such solves are logged with
+    ``what`` they were for (``None``: logged already). Returns ``row``."""
+    capped = part.pop(OT_NONOPTIMAL, 0)
+    if capped and what:
+        log.warning("%d exact OT solve(s) for %s stopped before optimality", capped, what)
+    row.update(part)
+    row[OT_NONOPTIMAL] = row.get(OT_NONOPTIMAL, 0) + capped
+    return row
 
 
 def critic_values(objective, critic: nn.Module, real, fake) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,8 +122,9 @@ def critic_diagnostics(
     # (for the c-transform objectives, of -f^c over the real batch).
     grad = input_gradients(lambda y: critic_values(objective, critic, real, y)[1], fake)
     cosine = grad_ot_cosine(grad, real, fake, solver=eval_cfg.solver)
-    if math.isfinite(cosine[GRAD_OT_COSINE]):  # NaN only when the plan moves no point: left out
-        out.update(cosine)
+    if not math.isfinite(cosine[GRAD_OT_COSINE]):  # NaN only when the plan moves no point: left out
+        del cosine[GRAD_OT_COSINE]
+    add_counted(out, cosine, GRAD_OT_COSINE)
     if probe:
         probe_net = probe_critic(
             objective,
@@ -123,16 +140,26 @@ def critic_diagnostics(
     return out
 
 
-def _batch_pair(generator, critic, data, objective, eval_cfg, rng):
+def pair_metrics(objective, critic, real, real_other, fake, *, solver: str, w2: bool = True) -> dict:
+    """``w1_exact`` (and, unless ``w2=False``, ``w2_exact``) between ``real`` and ``fake``,
+    ``w1_real_real`` between ``real`` and ``real_other``, ``ot_nonoptimal``, and with a critic its
+    estimate against ``w1_exact`` on the same two batches."""
+    if w2:
+        row = add_counted({}, batch_distances(real, fake, solver=solver), f"{W1_EXACT}, {W2_EXACT}")
+    else:
+        row = add_counted({}, wasserstein_counted(real, fake, key=W1_EXACT, solver=solver), W1_EXACT)
+    add_counted(row, wasserstein_counted(real, real_other, key=W1_REAL_REAL, solver=solver), W1_REAL_REAL)
+    if critic is not None:
+        row.update(critic_vs_w1(*critic_values(objective, critic, real, fake), row[W1_EXACT]))
+    return row
+
+
+def _batch_pair(generator, critic, data, objective, eval_cfg, rng, *, w2: bool = True):
     """Metrics of one pair of batches drawn from ``rng`` (real ``x``, ``x'``, generated ``y``), and x, y."""
     real = data.sample(eval_cfg.batch_size, rng)
     real_other = data.sample(eval_cfg.batch_size, rng)
     fake = sample_generator(generator, eval_cfg.batch_size, rng)
-    row = batch_distances(real, fake, solver=eval_cfg.solver)
-    row[W1_REAL_REAL] = wasserstein(real, real_other, p=1, solver=eval_cfg.solver)
-    if critic is not None:
-        row.update(critic_vs_w1(*critic_values(objective, critic, real, fake), row[W1_EXACT]))
-    return row, real, fake
+    return pair_metrics(objective, critic, real, real_other, fake, solver=eval_cfg.solver, w2=w2), real, fake
 
 
 def combine_draws(rows: list[dict]) -> dict:
@@ -200,16 +227,13 @@ def evaluate(
     if is_image_data(data):  # a finite held-out split: no repeated images in the real sample
         large_n = min(large_n, data.num_heldout)
     probe = bool(eval_cfg.probe_every and eval_cfg.probe_steps and index % eval_cfg.probe_every == 0)
-    modes = [(m, m.training) for m in (generator, critic) if m is not None]
     critic_mode = critic is not None and critic.training
-    for module, _ in modes:
-        module.eval()
-    try:
+    with eval_mode(generator, critic):
         row, real, fake = _batch_pair(generator, critic, data, objective, eval_cfg, rng)
 
         fake_large = sample_generator(generator, large_n, rng)
         real_large = data.sample_heldout(large_n, rng)
-        row.update(large_sample_w1(fake_large, real_large, solver=solver))
+        add_counted(row, large_sample_w1(fake_large, real_large, solver=solver), "w1_large")
         if classifier is not None:  # FID, KID, precision/recall, label entropy (no draws from rng)
             row.update(image_quality(fake_large, real_large, classifier=classifier))
         if inception is not None:
@@ -226,15 +250,35 @@ def evaluate(
 
         # Drawn last from rng, so the metrics above do not depend on whether these run.
         if critic is not None:
-            row.update(diagnose(row, real, fake, probe))
+            add_counted(row, diagnose(row, real, fake, probe), None)
 
         draws = [row]
         for _ in range(1, eval_cfg.draws):
             more, real, fake = _batch_pair(generator, critic, data, objective, eval_cfg, rng)
             if critic is not None:
-                more.update(diagnose(more, real, fake, probe=False))
+                add_counted(more, diagnose(more, real, fake, probe=False), None)
             draws.append(more)
+    return row if len(draws) == 1 else combine_draws(draws)
+
+
+@torch.no_grad()
+def curve_point(generator, critic, data, objective, eval_cfg, *, rng: torch.Generator) -> dict[str, float]:
+    """The per-batch keys that cost milliseconds (``w1_exact``, ``w1_real_real``, the critic's estimate
+    and its error, ``ot_nonoptimal``), on the batches :func:`evaluate` draws first from the same ``rng``:
+    at a step where both run, they give the same values (with ``eval.draws=1``)."""
+    with eval_mode(generator, critic):
+        row, _, _ = _batch_pair(generator, critic, data, objective, eval_cfg, rng, w2=False)
+    return row
+
+
+@contextlib.contextmanager
+def eval_mode(*modules):
+    """The modules (``None`` skipped) in ``eval()`` mode inside, back in the mode each had after."""
+    modes = [(m, m.training) for m in modules if m is not None]
+    for module, _ in modes:
+        module.eval()
+    try:
+        yield
     finally:
         for module, was_training in modes:
             module.train(was_training)
-    return row if len(draws) == 1 else combine_draws(draws)

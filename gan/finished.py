@@ -142,7 +142,7 @@ def load_finished_run(cfg: DictConfig, checkpoint: Path) -> FinishedRun:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
-    state = ckpt.load(checkpoint)
+    state = ckpt.load(checkpoint, steps=cfg.train.steps)
     data, generator, critic, objective = build(cfg, device)
     with ckpt.fitting(f"the models of this run ({checkpoint})"):
         generator.load_state_dict(state["generator"])

@@ -9,7 +9,8 @@ At step ``s`` (the state after ``s`` updates), in this order:
   1. a stop was requested (Ctrl-C, SIGTERM, SLURM pre-emption): save a checkpoint and stop;
   2. every ``train.checkpoint_every`` steps: save each copy's ``checkpoints/last.pt``;
   3. every ``eval.every`` steps and at the last step: evaluate each copy on fresh batches, append a
-     line to its ``metrics.jsonl``, log to TensorBoard;
+     line to its ``metrics.jsonl``, log to TensorBoard; at the other multiples of ``eval.curve_every``,
+     only the per-batch metrics that cost milliseconds (``curves.jsonl`` and TensorBoard);
   4. one update of every copy, its losses logged (and checked) every ``train.log_every`` steps.
 
 A copy whose losses, parameters or metrics become NaN or infinite is recorded as ``diverged`` and
@@ -32,6 +33,7 @@ from tqdm import tqdm
 from gan import checkpoint, runfolder
 from gan.config import ConfigError
 from gan.runlog import Run, is_finite_row, job_summary
+from metrics.ot import OT_CAPPED, OT_NONOPTIMAL
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,9 @@ class Task(Protocol):
     def evaluate(self, k: int, step: int) -> dict:
         """Copy ``k``'s metrics at ``step`` (without ``step``)."""
 
+    def curve(self, k: int, step: int) -> dict:
+        """Copy ``k``'s cheap per-batch metrics at ``step`` (:data:`gan.runlog.CURVE_KEYS`)."""
+
     def figures(self, k: int, step: int, writer) -> None:
         """Copy ``k``'s figures for TensorBoard at ``step``."""
 
@@ -70,7 +75,7 @@ class Task(Protocol):
 
 
 # An optional observer of the loop's phases, called as ``hook(event, step)`` with event one of
-# "eval_start", "eval_end" (the benchmarks time the steps between evaluations with it).
+# "eval_start", "eval_end", "curve_start", "curve_end" (the benchmarks time the updates with it).
 Hook = Callable[[str, int], None]
 
 
@@ -89,7 +94,12 @@ def resume(task: Task, cfg: DictConfig) -> int:
         task.restore(states)
         for run, state in zip(task.runs, states, strict=True):
             run.elapsed_before, run.eval_before = state["elapsed"], state["eval_s"]
-            run.rows_written = checkpoint.truncate_metrics(run.dir / runfolder.METRICS, before_step=start)
+            rows = checkpoint.truncate_metrics(run.dir / runfolder.METRICS, before_step=start)
+            curves = checkpoint.truncate_metrics(run.dir / runfolder.CURVES, before_step=start)
+            run.rows_written = len(rows)
+            counted = curves if (run.dir / runfolder.CURVES).exists() else rows  # curves: every solve
+            run.nonoptimal = sum(row.get(OT_NONOPTIMAL, 0) for row in counted) + state.get(OT_CAPPED, 0)
+            run.capped = state.get(OT_CAPPED, 0)
         log.info("resuming at step %d (%d evaluation lines kept)", start, task.runs[0].rows_written)
     for run in task.runs:
         run.eval_s, run.steps_done = run.eval_before, start
@@ -109,7 +119,16 @@ def run_loop(
     The summary is the run's ``summary.json`` for one copy. For a job of several, each copy's folder
     gets its own and ``job_dir/summary.json`` describes the whole job (:func:`gan.runlog.job_summary`
     over ``copy_dirs``, which may include copies that diverged in an earlier part of the job).
+
+    Every folder it writes is locked for this process (:func:`gan.runfolder.owned`) from before the
+    resume checks to the end.
     """
+    folders = [run.dir for run in task.runs] + ([job_dir] if job_dir is not None else [])
+    with runfolder.owned(*folders):
+        return _run_loop(task, cfg, job_dir, copy_dirs, hook)
+
+
+def _run_loop(task: Task, cfg: DictConfig, job_dir, copy_dirs, hook) -> dict:
     started = time.perf_counter()
     runs, steps = task.runs, cfg.train.steps
     start = resume(task, cfg)
@@ -126,7 +145,7 @@ def run_loop(
             if run.running:
                 checkpoint.save(
                     run.dir, step=at_step, cfg=run.cfg, elapsed=elapsed(run), eval_s=run.eval_s,
-                    metrics_rows=run.rows_written, **task.state(k),
+                    metrics_rows=run.rows_written, **{OT_CAPPED: run.capped}, **task.state(k),
                 )  # fmt: skip
 
     def diverge(run: Run, exc: Diverged) -> None:
@@ -152,19 +171,22 @@ def run_loop(
                 if step % cfg.train.checkpoint_every == 0 and step > start:
                     save(step)
 
-                if step % cfg.eval.every == 0 or step == steps:
-                    hook("eval_start", step)
+                evaluation = step % cfg.eval.every == 0 or step == steps
+                if evaluation or (cfg.eval.curve_every and step % cfg.eval.curve_every == 0):
+                    hook("eval_start" if evaluation else "curve_start", step)
                     for k, run in enumerate(runs):
                         if run.running:
                             t0 = time.perf_counter()
-                            row = {"step": step} | task.evaluate(k, step)
-                            if is_finite_row(row):
+                            row = {"step": step} | (task.evaluate if evaluation else task.curve)(k, step)
+                            if not is_finite_row(row):
+                                diverge(run, Diverged(step, f"metric: {row}"))
+                            elif evaluation:
                                 run.record(row)
                                 task.figures(k, step, run.writer)
                             else:
-                                diverge(run, Diverged(step, f"metric: {row}"))
+                                run.record_curve(row)
                             run.eval_s += time.perf_counter() - t0
-                    hook("eval_end", step)
+                    hook("eval_end" if evaluation else "curve_end", step)
                     shown = runs[0].final
                     bar.set_postfix(
                         {k: f"{shown[k]:.3f}" for k in ("w1_exact", "critic_estimate") if k in shown}
@@ -177,6 +199,9 @@ def run_loop(
 
                 losses = task.update()
                 bar.update(1)
+                if OT_CAPPED in losses:  # objective=exact_ot: did each copy's exact solve stop early?
+                    for run, capped in zip(runs, losses[OT_CAPPED].tolist(), strict=True):
+                        run.count_capped(capped, step + 1)
 
                 if (step + 1) % cfg.train.log_every == 0:
                     values = {key: v.tolist() for key, v in losses.items() if key != "loss"}

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 from metrics.critic import input_gradients
-from metrics.ot import sinkhorn_divergence, torch_cost_matrix, w1_differentiable
+from metrics.ot import OT_CAPPED, sinkhorn_divergence, torch_cost_matrix, w1_differentiable
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 Critic = Callable[[torch.Tensor], torch.Tensor]  # (K, B, ...) -> (K, B): gan.copies.Single or Stacked
@@ -398,7 +398,7 @@ class ExactOT(Objective):
             w1.append(value)
             capped.append(float(not converged))
         w1 = torch.stack(w1)
-        return {"loss": w1, "w1": w1.detach(), "ot_capped": torch.tensor(capped)}
+        return {"loss": w1, "w1": w1.detach(), OT_CAPPED: torch.tensor(capped)}
 
 
 class Sinkhorn(Objective):

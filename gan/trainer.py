@@ -42,13 +42,13 @@ from omegaconf import DictConfig, OmegaConf
 from gan import checkpoint, runfolder
 from gan.config import ConfigError, instantiate_or_fail, validate
 from gan.copies import copies_of, per_copy
-from gan.evaluation import eval_generator, evaluate, sample_generator
+from gan.evaluation import curve_point, eval_generator, evaluate, sample_generator
 from gan.image_eval import generator_grid, is_image_data, quality_networks, sample_grid
 from gan.loop import Hook, run_loop
 from gan.models import MLPCritic, MLPGenerator
 from gan.objectives import minimise
-from gan.plots import toy_scatter
-from gan.runlog import Run, training_charts
+from gan.plots import figure_title, toy_limits, toy_scatter
+from gan.runlog import Run, group_choices, training_charts
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,11 @@ class GANTraining:
         )
         self.rngs = [torch.Generator(self.device).manual_seed(run.seed) for run in runs]
         self.classifier, self.inception = quality_networks(self.data, cfg.eval, device=self.device)
+        if self.data.shape == (2,):  # fixed axes for the run's figures, from the data's extent
+            self.limits = toy_limits(self.data.sample(4096, torch.Generator(self.device).manual_seed(0)))
+        choices = group_choices(cfg)
         for run in runs:
-            run.charts = training_charts()
+            run.charts, run.choices = training_charts(), choices
 
     # -- one update ---------------------------------------------------------------------------------
 
@@ -219,13 +222,19 @@ class GANTraining:
             classifier=self.classifier, inception=self.inception,
         )  # fmt: skip
 
+    def curve(self, k: int, step: int) -> dict:
+        generator, critic = self._models(k)
+        rng = eval_generator(self.runs[k].seed, step, self.device)
+        return curve_point(generator, critic, self.data, self.objective, self.cfg.eval, rng=rng)
+
     def figures(self, k: int, step: int, writer) -> None:
         if not self.cfg.eval.plot:
             return
         generator, critic = self._models(k)
         rng = eval_generator(self.runs[k].seed, step, self.device)
         if self.data.shape == (2,):
-            fig = toy_scatter(self.data.sample(512, rng), sample_generator(generator, 512, rng), critic)
+            real, fake = self.data.sample(512, rng), sample_generator(generator, 512, rng)
+            fig = toy_scatter(real, fake, critic, limits=self.limits, title=figure_title(self.runs[k].final))
             writer.add_figure("samples/real_vs_generated", fig, step)
         elif is_image_data(self.data):
             grid = generator_grid(generator, rng, value_range=self.data.pixel_range)

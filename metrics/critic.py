@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from metrics.ot import cost_matrix, solve
+from metrics.ot import OT_NONOPTIMAL, cost_matrix, solve
 
 CRITIC_ESTIMATE = "critic_estimate"
 CRITIC_GAP = "critic_gap"
@@ -180,9 +180,12 @@ def grad_ot_cosine(grad_fake: torch.Tensor, real, fake, *, solver: str = "auto")
     Returns
     -------
     dict
-        ``{GRAD_OT_COSINE: cos}`` in [-1, 1]; NaN when the plan moves no point.
+        ``{GRAD_OT_COSINE: cos, OT_NONOPTIMAL: 1 if the plan's solve stopped before optimality else
+        0}``; ``cos`` in [-1, 1], NaN when the plan moves no point.
     """
-    plan = torch.from_numpy(solve(real, fake, p=1, solver=solver).plan)
+    result = solve(real, fake, p=1, solver=solver)
+    counted = {OT_NONOPTIMAL: int(not result.converged)}
+    plan = torch.from_numpy(result.plan)
     x = torch.as_tensor(real).detach().double().reshape(plan.shape[0], -1).cpu()
     y = torch.as_tensor(fake).detach().double().reshape(plan.shape[1], -1).cpu()
     g = grad_fake.detach().double().reshape(len(y), -1).cpu()
@@ -191,11 +194,11 @@ def grad_ot_cosine(grad_fake: torch.Tensor, real, fake, *, solver: str = "auto")
     move_norm, g_norm = move.norm(dim=1), g.norm(dim=1)
     moved = move_norm > 1e-12 * (1 + y.norm(dim=1))
     if not moved.any():
-        return {GRAD_OT_COSINE: float("nan")}
+        return {GRAD_OT_COSINE: float("nan")} | counted
     denom = (move_norm * g_norm)[moved]
     dots = (move * g).sum(1)[moved]
     cos = torch.where(denom > 0, dots / denom.clamp(min=torch.finfo(torch.float64).tiny), 0.0)
-    return {GRAD_OT_COSINE: float(cos.clamp(-1, 1).mean())}
+    return {GRAD_OT_COSINE: float(cos.clamp(-1, 1).mean())} | counted
 
 
 def probe_vs_w1(f_real: torch.Tensor, f_fake: torch.Tensor, w1_exact: float) -> dict[str, float]:

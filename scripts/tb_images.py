@@ -16,12 +16,12 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import IMAGES, EventAccumulator
 
-from gan.runfolder import TB
+from gan.runfolder import TB, tb_dir
 
 
 def logged_images(run_dir: Path) -> dict[str, dict[int, bytes]]:
     """``{tag: {step: PNG bytes}}`` for every image in the run's ``tb/`` events (all of them kept)."""
-    events = EventAccumulator(str(run_dir / TB), size_guidance={IMAGES: 0})
+    events = EventAccumulator(str(tb_dir(run_dir)), size_guidance={IMAGES: 0})
     events.Reload()
     return {
         tag: {event.step: event.encoded_image_string for event in events.Images(tag)}

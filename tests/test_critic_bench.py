@@ -16,6 +16,7 @@ from gan.config import ConfigError
 from gan.critic_bench import evaluate, run
 from gan.objectives import WGANGP
 from gan.problems import Funnels, KnownPotential, Translation
+from gan.runfolder import tb_dir
 from metrics import known
 from metrics.critic import CRITIC_ESTIMATE, LIPSCHITZ_MAX, critic_vs_w1, input_gradients
 from metrics.ot import wasserstein
@@ -235,7 +236,7 @@ def test_a_tiny_run_writes_every_key_and_a_checkpoint(bench_cfg, tmp_path, overr
         state["step"] == 4
         and state["config"]["objective"]["_target_"] == bench_cfg(*overrides).objective._target_
     )
-    assert list((tmp_path / "tb").glob("events.out.tfevents*"))
+    assert list(tb_dir(tmp_path).glob("events.out.tfevents*"))
 
 
 def test_same_seed_same_numbers_and_resume_continues_exactly(bench_cfg, tmp_path):

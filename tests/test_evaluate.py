@@ -310,12 +310,12 @@ def _png_size(path):
 def test_sample_writes_a_png_of_the_expected_size(runs, run_copy):
     toy = run_copy("wgan_gp")
     path = sample_run(toy, n=64)
-    assert path == toy / "samples_step6_n64.png" and _png_size(path) == (400, 400)  # 5 x 5 in at 80 dpi
+    assert path == toy / "samples_step6_n64.png" and _png_size(path) == (500, 500)  # 5 x 5 in at 100 dpi
     first = path.read_bytes()
     assert sample_run(toy, n=64).read_bytes() == first  # deterministic
     other = sample_run(toy, n=64, seed=5)
     assert other.name == "samples_step6_n64_seed5.png" and other.read_bytes() != first
-    assert _png_size(sample_run(run_copy("exact_ot"), n=32)) == (400, 400)  # no critic: no contour
+    assert _png_size(sample_run(run_copy("exact_ot"), n=32)) == (500, 500)  # no critic: no contour
     digits = run_copy("digits")
     # 10 images of 8 x 8: 4 per row, 3 rows, 2-pixel padding around each.
     assert _png_size(sample_run(digits, n=10)) == (4 * 10 + 2, 3 * 10 + 2)

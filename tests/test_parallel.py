@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from gan import checkpoint, trainer
 from gan.config import ConfigError
+from gan.runfolder import tb_dir
 from scripts import bench_parallel, summarize
 from tests.conftest import TINY, check_run_folder, compose_train, run_module
 
@@ -78,7 +79,7 @@ def test_each_copy_gives_the_numbers_of_its_own_run(separate, batched):
         # The losses logged to TensorBoard are this copy's, step for step.
         logged = {}
         for folder in (copy_dir, single):
-            acc = EventAccumulator(str(folder / "tb"), size_guidance={"scalars": 0})
+            acc = EventAccumulator(str(tb_dir(folder)), size_guidance={"scalars": 0})
             acc.Reload()
             logged[folder] = {
                 tag: acc.Scalars(tag) for tag in ("loss/critic", "loss/penalty", "loss/generator")
@@ -102,7 +103,8 @@ def test_the_run_folder_holds_one_checked_run_per_copy(batched):
     run_dir, summary = batched
     copies = [run_dir / f"seed_{seed}" for seed in SEEDS]
     check_run_folder(*copies)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["seed_5", "seed_6", "seed_7", "summary.json"]
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == [".lock", "seed_5", "seed_6", "seed_7", "summary.json"]
     assert summary == _summary(run_dir)
     assert summary["status"] == "completed" and summary["steps_done"] == 20
     assert summary["runs"] == {"seed_5": "completed", "seed_6": "completed", "seed_7": "completed"}

@@ -7,6 +7,8 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from gan.runfolder import tb_dir
+from gan.runlog import COMPARE_TAG, COMPARED
 from gan.trainer import train
 from tests.conftest import check_run_folder
 
@@ -54,7 +56,7 @@ def test_smoke_run_writes_the_run_folder(compose_cfg, tmp_path, data):
 
 def test_tensorboard_has_the_layout_the_image_and_stable_tags(compose_cfg, tmp_path):
     train(compose_cfg(), tmp_path)
-    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc = EventAccumulator(str(tb_dir(tmp_path)), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
     for tag in (
@@ -81,9 +83,15 @@ def test_tensorboard_has_the_layout_the_image_and_stable_tags(compose_cfg, tmp_p
     layout = layout_pb2.Layout()
     layout.ParseFromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
     charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
-    assert ["critic/estimate", "ot/w1_exact", "ot/w1_real_real"] in charts.values()
+    assert [COMPARE_TAG] in charts.values()
+    # The compared series, each a run of its own under one tag, hold the evaluations' values.
+    for key in COMPARED:
+        series = EventAccumulator(str(tb_dir(tmp_path) / key), size_guidance={"scalars": 0})
+        series.Reload()
+        values = [json.loads(line)[key] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        assert [e.value for e in series.Scalars(COMPARE_TAG)] == pytest.approx(values, rel=1e-6)
 
-    hparams = EventAccumulator(str(tmp_path / "tb"))
+    hparams = EventAccumulator(str(tb_dir(tmp_path)))
     hparams.Reload()
     plugin = hparams.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(
@@ -120,7 +128,7 @@ def test_image_run_logs_quality_and_sample_grids(compose_cfg, tmp_path):
     for key in ("fid", "kid_mean", "precision", "recall", "label_entropy", "w1_large", "w1_exact"):
         assert all(key in r for r in rows), key
     assert rows[0]["fid"] > 0 and 0 <= rows[-1]["precision"] <= 1
-    acc = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    acc = EventAccumulator(str(tb_dir(tmp_path / "run")), size_guidance={"images": 0})
     acc.Reload()
     assert len(acc.Images("samples/generated")) == len(rows)
     assert len(acc.Images("samples/real")) == 1
