@@ -7,8 +7,8 @@ bounded by ``data.num_heldout`` for image sets), and a grid from its own generat
 
     classifier, inception = quality_networks(data, cfg.eval, device=device)  # None when off
     ...
-    row.update(large_sample_w1(fake_large, real_large, solver=solver))  # exact W1 on flattened pixels
-    row.update(image_quality(fake_large, real_large, classifier=classifier))
+    add_counted(row, large_sample_w1(fake_large, real_large, solver=solver), W1_LARGE)  # flattened pixels
+    row.update(image_quality(fake_large, real_large, classifier=classifier))  # sharpness alone if None
     row.update(inception_fid(fake_large, real_large, extractor=inception, value_range=data.pixel_range))
     ...
     grid = generator_grid(generator, eval_generator(seed, step, device), value_range=data.pixel_range)
@@ -35,17 +35,20 @@ from metrics.quality import (
     PRECISION,
     PREDICTION_ENTROPY,
     RECALL,
+    SHARPNESS,
     fid_from_features,
     kernel_distance,
     label_statistics,
     precision_recall,
+    sharpness,
 )
 
 log = logging.getLogger(__name__)
 
 CLASSIFIER_DIR = "classifiers"
-# The keys image_quality() returns, in order (all in the classifier's feature space or its labels).
-IMAGE_QUALITY_KEYS = (
+# The keys image_quality() returns, in order: in the classifier's feature space or from its labels, then
+# in pixels (computed with or without a classifier: a few array operations on the images).
+CLASSIFIER_QUALITY_KEYS = (
     FID,
     KID_MEAN,
     KID_STD,
@@ -55,6 +58,8 @@ IMAGE_QUALITY_KEYS = (
     CLASSES_COVERED,
     PREDICTION_ENTROPY,
 )
+PIXEL_QUALITY_KEYS = (SHARPNESS,)
+IMAGE_QUALITY_KEYS = CLASSIFIER_QUALITY_KEYS + PIXEL_QUALITY_KEYS
 # KID subsets in one evaluation: 100 draws of up to 500 images (half of a 1,000-image evaluation, so the
 # draws differ and the standard deviation means something).
 EVAL_KID_SUBSETS = 100
@@ -145,13 +150,14 @@ def image_quality(
     fake: torch.Tensor,
     real_heldout: torch.Tensor,
     *,
-    classifier: ImageClassifier,
+    classifier: ImageClassifier | None,
     kid_subsets: int = EVAL_KID_SUBSETS,
     kid_subset_size: int = EVAL_KID_SUBSET_SIZE,
     neighbours: int = PR_NEIGHBOURS,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Quality of generated images against held-out real ones in ``classifier``'s feature space.
+    """Quality of generated images against held-out real ones: in ``classifier``'s feature space, and
+    the sharpness of their pixels.
 
     Parameters
     ----------
@@ -159,8 +165,8 @@ def image_quality(
         Generated images, in the data's pixel range.
     real_heldout : tensor, shape (n, C, H, W)
         Held-out real images (drawn without replacement: duplicates distort precision/recall).
-    classifier : ImageClassifier
-        Trained on the same dataset (:func:`load_or_train_classifier`).
+    classifier : ImageClassifier or None
+        Trained on the same dataset (:func:`load_or_train_classifier`); ``None``: the pixel metrics only.
     kid_subsets, kid_subset_size, neighbours, seed
         Passed to :func:`metrics.quality.kernel_distance` and :func:`metrics.quality.precision_recall`.
 
@@ -168,9 +174,13 @@ def image_quality(
     -------
     dict
         The keys of ``IMAGE_QUALITY_KEYS``: FID and KID between the two feature sets, precision and
-        recall of ``fake``, and the label entropy, covered classes and mean prediction entropy of the
-        classifier on ``fake``.
+        recall of ``fake``, the label entropy, covered classes and mean prediction entropy of the
+        classifier on ``fake``, and ``sharpness`` (:func:`metrics.quality.sharpness`: mean image-gradient
+        energy of ``fake`` over that of ``real_heldout``). Without a classifier: ``PIXEL_QUALITY_KEYS``.
     """
+    pixels = sharpness(fake, real_heldout)
+    if classifier is None:
+        return {key: pixels[key] for key in PIXEL_QUALITY_KEYS}
     real_features, _ = classifier.embed(real_heldout)
     fake_features, fake_probs = classifier.embed(fake)
     row = fid_from_features(real_features, fake_features)
@@ -178,7 +188,7 @@ def image_quality(
         real_features, fake_features, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed
     )
     row |= precision_recall(real_features, fake_features, k=neighbours)
-    row |= label_statistics(fake_probs)
+    row |= label_statistics(fake_probs) | pixels
     return {key: row[key] for key in IMAGE_QUALITY_KEYS}
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from scipy.ndimage import gaussian_filter
 from torchmetrics.image.fid import _compute_fid
 from torchmetrics.image.kid import poly_mmd
 
 import metrics.quality as quality
-from gan.data import Digits
+from gan.data import Digits, MNIST5k
 from metrics.quality import (
     CLASSES_COVERED,
     FID,
@@ -20,13 +21,16 @@ from metrics.quality import (
     PRECISION,
     PREDICTION_ENTROPY,
     RECALL,
+    SHARPNESS,
     feature_statistics,
     fid_from_features,
     frechet_distance,
+    gradient_energy,
     kernel_distance,
     label_statistics,
     polynomial_kernel,
     precision_recall,
+    sharpness,
 )
 
 
@@ -231,3 +235,51 @@ def test_fid_and_kid_between_real_halves_are_far_below_real_against_noise():
     assert fid_halves < fid_noise / 20
     assert abs(kid_halves) < kid_noise / 50
     assert fid_from_features(half_a, half_a)[FID] == pytest.approx(0.0, abs=1e-8)
+
+
+# --- sharpness --------------------------------------------------------------------------------------
+
+
+def test_gradient_energy_of_known_images():
+    # A vertical edge of height 2 between columns 1 and 2 of a 3x4 image: one squared step of 4 in each
+    # of the 3 rows, among 3 x 3 horizontal neighbour pairs (mean 4/3); no change down the columns.
+    edge = torch.tensor([[-1.0, -1.0, 1.0, 1.0]]).repeat(3, 1)
+    assert gradient_energy(edge[None]).tolist() == pytest.approx([4 / 3])
+    assert gradient_energy(edge[None, None] + 5.0).tolist() == pytest.approx([4 / 3])  # offsets cancel
+    assert gradient_energy(torch.zeros(2, 1, 4, 4)).tolist() == [0.0, 0.0]
+    checker = (torch.arange(4)[:, None] + torch.arange(4)[None]) % 2  # every neighbour differs by 1
+    assert gradient_energy(checker[None, None].double()).tolist() == pytest.approx([2.0])
+    with pytest.raises(ValueError, match="H, W >= 2"):
+        gradient_energy(torch.zeros(3, 1, 1, 8))
+    with pytest.raises(ValueError, match="no gradient energy"):
+        sharpness(edge[None, None], torch.zeros(2, 1, 3, 4))
+
+
+def _blurred(images, sigma):
+    """Gaussian blur of each image (scipy, independent of the code under test), reflecting at borders."""
+    return torch.from_numpy(gaussian_filter(images.numpy(), sigma=(0, 0, sigma, sigma)))
+
+
+@pytest.mark.parametrize("cls", [MNIST5k, Digits])
+def test_sharpness_is_near_one_for_real_images_and_falls_as_they_blur(cls):
+    data = cls()
+    real, _ = data.split("train")
+    heldout, _ = data.split("heldout")
+    gen = torch.Generator().manual_seed(0)
+    a, b = (real[torch.randperm(len(real), generator=gen)][: len(real) // 2 * 2]).double().chunk(2)
+    # Two disjoint real samples: the ratio of their mean energies is 1 up to sampling noise. Its standard
+    # error is about cv * sqrt(1/n_a + 1/n_b), with cv the coefficient of variation of one image's energy
+    # (0.22 on mnist5k, 0.14 on digits): 0.0069 for the 2,000 + 2,000 images of mnist5k, 0.0074 for
+    # digits' 719 + 719. A tolerance of 0.06 is 8 standard errors: a correct metric fails it by chance
+    # with probability far below 1e-6, while the mildest blur below moves the ratio by more than 0.35.
+    energy = gradient_energy(real)
+    standard_error = float(energy.std() / energy.mean()) * math.sqrt(1 / len(a) + 1 / len(b))
+    assert 8 * standard_error < 0.06
+    assert sharpness(a, b)[SHARPNESS] == pytest.approx(1.0, abs=0.06)
+    assert sharpness(heldout, real)[SHARPNESS] == pytest.approx(1.0, abs=0.06)
+    assert sharpness(real, real)[SHARPNESS] == pytest.approx(1.0, abs=1e-12)
+    # Blur the held-out images more and more: strictly less sharp than real data at every step.
+    values = [sharpness(_blurred(heldout, sigma), real)[SHARPNESS] for sigma in (0.5, 1.0, 2.0)]
+    assert 1.0 - 0.35 > values[0] > values[1] > values[2] > 0
+    # Contrast halved (images pulled towards mid-grey): energy scales with the square, so 1/4.
+    assert sharpness(heldout * 0.5, heldout)[SHARPNESS] == pytest.approx(0.25, rel=1e-12)
