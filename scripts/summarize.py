@@ -37,12 +37,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from gan.runfolder import atomic_write_bytes
 
 CSV_NAME = "summary.csv"
 MD_NAME = "summary.md"
@@ -65,11 +66,13 @@ CURVE_STYLE = {
 ERROR_KEY = "critic_rel_error"
 DEFAULT_QUALITY_KEY = "w1_large"
 
-# Metric columns come in this order (the table in DESIGN.md, then quality); any other key follows, sorted.
+# Metric columns come in this order (the README's metrics table, then quality: toy data, then images); any
+# other key follows, sorted.
 METRIC_ORDER = (
     "w1_exact", "w2_exact", "w1_real_real", "critic_estimate", "critic_gap", "critic_rel_error",
     "ctransform_bound", "lipschitz_max", "grad_ot_cosine", "ot_nonoptimal",
     "w1_large", "modes_covered", "high_quality_frac",
+    "fid", "kid_mean", "kid_std", "precision", "recall", "sharpness",
 )  # fmt: skip
 
 # Folders that are never run folders and never contain one.
@@ -525,19 +528,6 @@ def _png(plt, fig) -> bytes:
 # Writing
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def skip_notes(runs: list[Run], quality_key: str) -> list[str]:
     """Why each run is missing from some output."""
     notes = []
@@ -577,7 +567,7 @@ def summarize(root: str | Path, *, quality_key: str = DEFAULT_QUALITY_KEY) -> di
         return {"runs": runs, "written": written, "skipped": notes}
 
     for name, data in ((CSV_NAME, csv_text(runs)), (MD_NAME, markdown_text(root, runs))):
-        atomic_write(root / name, data.encode())
+        atomic_write_bytes(root / name, data.encode())
         written.append(root / name)
     for name, png, absent in (
         (CURVES_NAME, plot_curves(runs), "no run has evaluations yet"),
@@ -587,7 +577,7 @@ def summarize(root: str | Path, *, quality_key: str = DEFAULT_QUALITY_KEY) -> di
             (root / name).unlink(missing_ok=True)  # a plot from an earlier call would no longer be true
             notes.append(f"{name} not written: {absent}")
             continue
-        atomic_write(root / name, png)
+        atomic_write_bytes(root / name, png)
         written.append(root / name)
     return {"runs": runs, "written": written, "skipped": notes}
 

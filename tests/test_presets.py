@@ -1,4 +1,5 @@
-"""The claim presets in conf/experiment/: each composes, each job of its sweep builds, and a sweep runs."""
+"""The claim presets in conf/experiment/: each composes, each job of its sweep builds, the image presets
+train a few steps, and a sweep runs."""
 
 import json
 import os
@@ -14,15 +15,40 @@ from omegaconf import OmegaConf, open_dict
 
 from gan.config import GROUPS, group_options, validate
 from gan.trainer import build
-from tests.conftest import CONF, ROOT, TINY, check_run_folder
+from tests.conftest import CONF, ROOT, TINY, check_run_folder, compose_train
 
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 PAPER = "_paper"
-# What a paper preset may change in its base preset: budgets, and the seeds it sweeps.
+# The 2-D illustrations of the claims, and the image presets that test them (experiments.claims).
+TOY = ["claim1_critic_vs_w1", "claim2_approximation_vs_quality", "claim4_gradient_field"]
+IMAGES = [
+    "claim1_critic_vs_w1_mnist",
+    "claim2_approximation_vs_quality_mnist",
+    "claim2_approximation_vs_quality_mnist_dcgan",
+    "claim2_critic_steps_mnist",
+    "claim4_gradient_field_mnist",
+]
+CLAIM2_OBJECTIVES = {"wgan_gp", "ctransform", "c_eps", "exact_ot", "sinkhorn"}
+# What a paper preset may change in its base preset: budgets, and the seeds it sweeps; an image preset's
+# twin may also move to the full dataset, widen the models and sweep more values.
 BUDGET_KEYS = {
     "train.steps", "eval.every", "eval.large_n", "eval.probe_every", "eval.probe_steps",
     "hydra.sweeper.params.seed",
 }  # fmt: skip
+
+
+def twin_may_change(key: str, preset: str) -> bool:
+    if key in BUDGET_KEYS:
+        return True
+    image = preset.removesuffix(PAPER) in IMAGES
+    return image and (key.startswith(("data.", "hydra.sweeper.params.")) or key.endswith(".width"))
+
+
+def train_briefly(cfg, run_dir):
+    """Train ``cfg`` in this process (the one place that names the training function)."""
+    from gan.trainer import train
+
+    return train(cfg, run_dir)
 
 
 @pytest.fixture
@@ -55,6 +81,12 @@ def sweep_jobs(params) -> list[list[str]]:
     return batch
 
 
+def sweep_values(params, key) -> list[str]:
+    """The values ``hydra.sweeper.params[key]`` sweeps, as strings (one value is a sweep of one)."""
+    override = OverridesParser.create().parse_override(f"{key}={params[key]}")
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+
+
 def leaves(cfg) -> dict:
     def walk(node, prefix):
         if isinstance(node, dict):
@@ -66,13 +98,9 @@ def leaves(cfg) -> dict:
     return dict(walk(OmegaConf.to_container(cfg, resolve=False), ""))
 
 
-def test_there_are_presets_for_claims_1_2_and_4_with_paper_twins():
+def test_there_are_toy_and_image_presets_for_claims_1_2_and_4_with_paper_twins():
     small = [p for p in PRESETS if not p.endswith(PAPER)]
-    assert sorted(small) == [
-        "claim1_critic_vs_w1",
-        "claim2_approximation_vs_quality",
-        "claim4_gradient_field",
-    ]
+    assert sorted(small) == sorted(TOY + IMAGES)
     assert sorted(PRESETS) == sorted([*small, *(p + PAPER for p in small)])
 
 
@@ -82,16 +110,20 @@ def test_preset_composes_validates_and_sweeps_known_options(compose_full, preset
     assert cfg.hydra.runtime.choices.experiment == preset
     validate_job(cfg)
     params = cfg.hydra.sweeper.params
-    assert "seed" in params and len(sweep_jobs(params)) >= 6
-    for key, value in params.items():
-        values = list(OverridesParser.create().parse_override(f"{key}={value}").sweep_string_iterator())
+    assert len(sweep_values(params, "seed")) >= 3 and len(sweep_jobs(params)) >= 3
+    for key in params:
+        values = sweep_values(params, key)
         if key in GROUPS:
             assert set(values) <= set(group_options(key)), (key, values)
         else:
             assert OmegaConf.select(cfg, key) is not None, key  # a key of the config, e.g. seed
-    # Small presets run in minutes on 2 CPU cores; paper ones only scale the budgets (next test).
-    if not preset.endswith(PAPER):
+    # Small presets run in minutes on 2 CPU cores (image jobs: at most about 10 minutes on one core, as
+    # measured in their comments); paper ones scale the budgets (next test).
+    if preset in TOY:
         assert cfg.train.steps <= 1000 and cfg.eval.large_n <= 1024
+    if preset in IMAGES:
+        assert cfg.hydra.runtime.choices.data == "mnist5k" and cfg.train.batch_size == 64
+        assert cfg.train.steps <= 2000 and cfg.eval.large_n <= 1024 and cfg.eval.batch_size == 64
 
 
 @pytest.mark.parametrize("preset", [p for p in PRESETS if p.endswith(PAPER)])
@@ -103,11 +135,37 @@ def test_paper_preset_changes_only_the_budgets_of_its_base(compose_full, preset)
         k for k in base.keys() | paper.keys() if not k.startswith("hydra.") or k.startswith("hydra.sweeper.")
     }
     changed = {k for k in keys if base.get(k) != paper.get(k)}
-    assert changed and changed <= BUDGET_KEYS, changed - BUDGET_KEYS
+    assert changed and all(twin_may_change(k, preset) for k in changed), changed
     assert paper["train.steps"] >= 10 * base["train.steps"]
-    assert set(str(base["hydra.sweeper.params.seed"]).split(",")) < set(
-        str(paper["hydra.sweeper.params.seed"]).split(",")
-    )
+    sweeps = {k.removeprefix("hydra.sweeper.params.") for k in base if k.startswith("hydra.sweeper.params.")}
+    base_params, paper_params = (compose_full(f"experiment={p}").hydra.sweeper.params
+                                 for p in (preset.removesuffix(PAPER), preset))  # fmt: skip
+    assert set(paper_params) == sweeps
+    for key in sweeps:  # the twin sweeps every value of its base, and more seeds
+        assert set(sweep_values(base_params, key)) <= set(sweep_values(paper_params, key)), key
+    assert set(sweep_values(base_params, "seed")) < set(sweep_values(paper_params, "seed"))
+
+
+def test_claim2_image_presets_vary_only_the_objective_or_the_critic_steps(compose_full):
+    params = compose_full("experiment=claim2_approximation_vs_quality_mnist").hydra.sweeper.params
+    assert set(params) == {"objective", "seed"}  # same data, models, batch size and steps for all five
+    assert set(sweep_values(params, "objective")) == CLAIM2_OBJECTIVES
+    params = compose_full("experiment=claim2_critic_steps_mnist").hydra.sweeper.params
+    assert set(params) == {"objective", "objective.critic_steps", "seed"}
+    assert sweep_values(params, "objective") == ["wgan_gp"]
+    assert len(sweep_values(params, "objective.critic_steps")) >= 3
+    # Claims 1 and 4 on images are jobs of claim 2's sweep (experiments.claims reads them there).
+    readers = {
+        "claim1_critic_vs_w1_mnist": {"wgan_gp"},
+        "claim4_gradient_field_mnist": {"wgan_gp", "ctransform", "c_eps"},
+    }
+    for preset, objectives in readers.items():
+        cfg, claim2 = (compose_full(f"experiment={p}", "objective=wgan_gp", "seed=0")
+                       for p in (preset, "claim2_approximation_vs_quality_mnist"))  # fmt: skip
+        assert set(sweep_values(cfg.hydra.sweeper.params, "objective")) == objectives
+        assert OmegaConf.to_container(cfg, resolve=False) | {"hydra": None} == (
+            OmegaConf.to_container(claim2, resolve=False) | {"hydra": None}
+        )
 
 
 def test_command_line_choices_override_the_preset(compose_full):
@@ -130,6 +188,17 @@ def test_every_job_of_the_sweep_builds(compose_full, preset):
         z = torch.zeros(2, generator.latent_dim)
         assert tuple(generator(z).shape[1:]) == tuple(data.shape), job
         assert (critic is None) == (not objective.uses_critic)
+
+
+@pytest.mark.parametrize("preset", IMAGES)
+def test_image_preset_trains_a_few_steps(compose_full, preset, tmp_path):
+    params = compose_full(f"experiment={preset}").hydra.sweeper.params
+    first = [o for o in sweep_jobs(params)[0] if not o.startswith("seed=")]  # the sweep's first job
+    cfg = compose_train(f"experiment={preset}", *first)
+    summary = train_briefly(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["steps_done"] == 6, summary
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 3, 6] and "probe_gap" in rows[0]
 
 
 @pytest.mark.slow

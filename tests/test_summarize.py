@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from gan.trainer import train
-from scripts.summarize import fmt_mean_sd, parse_override, read_overrides_yaml, summarize
+from scripts.summarize import fmt_mean_sd, metric_columns, parse_override, read_overrides_yaml, summarize
 from tests.conftest import ROOT, compose_train
 
 CRITIC_KEYS = ("critic_estimate", "critic_gap", "critic_rel_error")
@@ -240,3 +240,10 @@ def test_overrides_yaml_as_hydra_writes_it(tmp_path):
     assert parse_override("+note=a: b") == ("note", "a: b")
     assert parse_override("++a.b=3") == ("a.b", "3")
     assert parse_override("~foo") == ("foo", "~")
+
+
+def test_metric_columns_put_image_quality_after_the_toy_keys_and_unknown_keys_last():
+    keys = {"zeta", "sharpness", "fid", "w1_exact", "precision", "w1_large", "critic_rel_error"}
+    assert metric_columns(keys) == [
+        "w1_exact", "critic_rel_error", "w1_large", "fid", "precision", "sharpness", "zeta",
+    ]  # fmt: skip
