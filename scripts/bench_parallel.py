@@ -4,6 +4,9 @@
     python -m scripts.bench_parallel --quick            # smoke run: tiny models, K = 1, 2
     python -m scripts.bench_parallel --ks 1 8 --steps 100 --reps 5 --threads 2
 
+``python -m scripts.bench --device cuda`` runs the same comparison on a GPU for K = 1, 4, 16, 64 on the
+toy and the image MLP (:func:`bench` with ``device`` and ``in_turn="once"``).
+
 For each K, the same total work two ways: ``gan.trainer.train`` with ``train.parallel_seeds=K`` (seeds
 0..K-1), and ``gan.trainer.train`` once per seed, in turn. Evaluation runs only at step 0 and at the
 last step (``eval.every`` above ``train.steps``) and is left out of the clock: each side is timed from
@@ -16,6 +19,10 @@ column checks that the work is the same: the largest relative difference between
 final metrics and the separate run's with its seed. It is not 0: batched matrix products round a few
 values differently, and training compounds that (see ``gan/trainer.py``); the largest relative
 differences are in metrics close to 0 (``grad_ot_cosine``, ``ctransform_bound``).
+
+With ``in_turn="once"`` the K runs in turn are timed as K times one run (seed 0's): the copies are the
+same work, and K separate runs of a large K would take most of the benchmark's time; the last column
+then compares copy 0 with that run.
 """
 
 from __future__ import annotations
@@ -58,7 +65,13 @@ SECTION_INTRO = (
     "differently; training compounds it, see `gan/trainer.py`)."
 )
 # Evaluation is outside the clock; these keep the two evaluations per run short.
-EVAL_AT_ENDS = ("eval.large_n=256", "eval.plot=false", "eval.probe_every=0", "train.progress=false")
+EVAL_AT_ENDS = (
+    "eval.large_n=256",
+    "eval.plot=false",
+    "eval.probe_every=0",
+    "eval.image_quality=false",
+    "train.progress=false",
+)
 QUICK_MODEL = ("model.generator.width=16", "model.critic.width=16", "train.batch_size=32")
 
 
@@ -66,7 +79,7 @@ def run_job(overrides, seed: int, k: int) -> tuple[float, list[dict]]:
     """Seconds in the loop (between the step-0 and the final evaluations) and each copy's final metrics,
     for ``train.parallel_seeds=k`` from ``seed``."""
     cfg = compose_train([*overrides, f"seed={seed}", f"train.parallel_seeds={k}"])
-    clock = EvaluationClock()
+    clock = EvaluationClock(cfg.device)  # on a GPU it waits for the queued steps
     with tempfile.TemporaryDirectory(prefix="bench_par_") as tmp:
         summary = gan.trainer.train(cfg, tmp, hook=clock)
         if summary["status"] != "completed":
@@ -89,6 +102,12 @@ def run_sequential(overrides, k: int) -> tuple[float, list[dict]]:
         seconds += loop
         finals += rows
     return seconds, finals
+
+
+def run_once(overrides, k: int) -> tuple[float, list[dict]]:
+    """``k`` times the seconds in the loop of the single run with seed 0, and its final metrics."""
+    seconds, finals = run_job(overrides, 0, 1)
+    return k * seconds, finals
 
 
 def max_rel_difference(a: list[dict], b: list[dict]) -> float:
@@ -115,30 +134,42 @@ class Result:
     parallel_s: list[float]
     sequential_s: list[float]
     max_rel_diff: float
+    in_turn: str = "all"  # "all": K runs timed in turn; "once": K times seed 0's run
 
     def throughput(self, seconds: list[float]) -> float:
         return self.k * self.steps / statistics.median(seconds)
 
 
-def bench(ks, *, steps: int, reps: int, quick: bool, log) -> list[Result]:
-    overrides = [f"train.steps={steps}", f"eval.every={steps + 1}", *EVAL_AT_ENDS]
+def bench(
+    ks, *, steps: int, reps: int, quick: bool, log, base=(), device: str = "cpu", in_turn: str = "all"
+) -> list[Result]:
+    """For each K: ``train.parallel_seeds=K`` against the K runs in turn (``in_turn="all"``) or K times
+    one run (``"once"``), on ``base`` overrides of the default config and ``device``."""
+    if in_turn not in ("all", "once"):
+        raise ValueError(f"in_turn={in_turn!r}: must be 'all' or 'once'")
+    overrides = [*base, f"device={device}", f"train.steps={steps}", f"eval.every={steps + 1}", *EVAL_AT_ENDS]
+    if device != "cpu":
+        overrides.append("eval.batch_size=64")  # evaluated per copy, twice per run
     if quick:
         overrides += [*QUICK_MODEL, "eval.batch_size=32"]
+    sequential = run_sequential if in_turn == "all" else run_once
     run_sequential(overrides, 1)  # warm-up: imports, first-call allocations
     results = []
     for k in ks:
         finals: dict[str, list[dict]] = {}
         sides = {
             name: functools.partial(_timed, fn, overrides, k, finals, name)
-            for name, fn in (("parallel", run_parallel), ("sequential", run_sequential))
+            for name, fn in (("parallel", run_parallel), ("sequential", sequential))
         }
         times = interleaved(sides, reps=reps, warmup=0)
+        compared = len(finals["sequential"])
         result = Result(
             k,
             steps,
             times["parallel"],
             times["sequential"],
-            max_rel_difference(finals["parallel"], finals["sequential"]),
+            max_rel_difference(finals["parallel"][:compared], finals["sequential"]),
+            in_turn,
         )
         speedup = median_ratio(result.sequential_s, result.parallel_s)[0]
         log(f"  K={k}: speed-up {speedup:.2f}, max rel. difference {result.max_rel_diff:.1e}")
@@ -161,10 +192,11 @@ def table(results: list[Result]) -> str:
                 f"{r.max_rel_diff:.1e}",
             ]
         )
+    in_turn = "K runs in turn" if all(r.in_turn == "all" for r in results) else "K × one run"
     headers = [
         "K",
         "steps per copy × reps",
-        "K runs in turn: copy-steps/s",
+        f"{in_turn}: copy-steps/s",
         "K copies batched: copy-steps/s",
         "batched: steps/s per copy",
         "speed-up, median (min–max)",
