@@ -137,6 +137,7 @@ class Run:
     choices: dict
     final: dict
     rows: list[dict]
+    curves: list[dict] = field(default_factory=list)  # curves.jsonl: cheap per-batch keys, every few steps
 
     @property
     def completed(self) -> bool:
@@ -223,7 +224,24 @@ def _load_run(path: Path) -> Run:
     except (OSError, ValueError, AttributeError) as exc:
         log.warning("%s: config not read (%s)", path, exc)
     seed = config.seed if config is not None else None
-    return Run(path, base.status, seed, config, choices, base.final, base.rows)
+    return Run(path, base.status, seed, config, choices, base.final, base.rows, _read_curves(path))
+
+
+def _read_curves(path: Path) -> list[dict]:
+    """The whole lines of a run's curves.jsonl (none when it has none)."""
+    from gan.runfolder import CURVES
+
+    rows = []
+    try:
+        lines = (path / CURVES).read_text().splitlines()
+    except OSError:
+        return rows
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by an interrupted write
+    return rows
 
 
 def _group_name(role: str, run: Run) -> str:
@@ -460,9 +478,12 @@ def _png(plt, fig) -> bytes:
 
 
 def _curve(runs: list[Run], key: str) -> tuple[list[int], list[float]]:
+    """Mean of ``key`` over ``runs`` at each step: from curves.jsonl where a run logs it there (every
+    ``eval.curve_every`` steps), otherwise from its evaluations."""
     at: dict[int, list[float]] = {}
     for r in runs:
-        for row in r.rows:
+        dense = [row for row in r.curves if key in row]
+        for row in dense or r.rows:
             if isinstance(row.get(key), int | float) and math.isfinite(row[key]):
                 at.setdefault(row["step"], []).append(row[key])
     steps = sorted(at)
@@ -489,10 +510,11 @@ def figure_critic_vs_w1(panels: list[tuple[str, list[Run]]]) -> bytes | None:
     for ax, (title, runs) in zip(axes[0], panels, strict=True):
         for key, color, label in CURVES:
             for r in runs:
-                ax.plot(*_curve([r], key), color=color, alpha=0.3, linewidth=0.8, marker=".", markersize=3)
+                ax.plot(*_curve([r], key), color=color, alpha=0.3, linewidth=0.8)
             steps, mean = _curve([r for r in runs if r.completed] or runs, key)
             if steps:
-                ax.plot(steps, mean, color=color, linewidth=2, marker="o", markersize=3, label=label)
+                marker = "o" if len(steps) <= 12 else None
+                ax.plot(steps, mean, color=color, linewidth=2, marker=marker, markersize=3, label=label)
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("generator step")
         ax.grid(alpha=0.3)
