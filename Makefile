@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) -m experiments.train
 
+# Two workers, one test file each at a time (module fixtures are built once); plain `pytest` runs serially.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) -m scripts.bench
