@@ -337,7 +337,7 @@ class EvaluationClock:
         self.ends: list[Timing] = []
 
     def __call__(self, event: str, step: int) -> None:
-        if event not in ("eval_start", "eval_end"):  # curve points (eval.curve_every) are not evaluation phases
+        if event not in ("eval_start", "eval_end"):  # curve points are not evaluation phases
             return
         synchronize(self.device)
         (self.starts if event == "eval_start" else self.ends).append(_clock())
@@ -1690,10 +1690,10 @@ teardown" column is the framework's fixed cost per run outside the loop and outs
 
 ### Intra-op threads
 
-The hand-written loop at 1 torch thread against torch's default of {n} (one per core, what the
-runs use). Small layers gain little from a second thread, and while other
+The hand-written loop at 1 torch thread (`train.threads`' default) against torch's default of {n}
+(one per core, `train.threads=null`). Small layers gain little from a second thread, and while other
 work keeps the cores busy every parallel region waits for its slowest thread, so a ratio above 1
-here says that the runs would be faster pinned to one thread (compare the load average above).
+here says that one thread is the faster setting (compare the load average above).
 
 {threads_table(threads)}
 
