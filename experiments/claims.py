@@ -228,20 +228,13 @@ def _load_run(path: Path) -> Run:
 
 
 def _read_curves(path: Path) -> list[dict]:
-    """The whole lines of a run's curves.jsonl (none when it has none)."""
+    """A run's curves.jsonl read as scripts.summarize reads metrics.jsonl (one row per step, the later
+    row of a resumed run winning); none when the run has no such file."""
     from gan.runfolder import CURVES
+    from scripts.summarize import _read_jsonl
 
-    rows = []
-    try:
-        lines = (path / CURVES).read_text().splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue  # a line cut by an interrupted write
-    return rows
+    file = path / CURVES
+    return _read_jsonl(file, [], file.name) if file.exists() else []
 
 
 def _group_name(role: str, run: Run) -> str:

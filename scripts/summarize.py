@@ -206,7 +206,7 @@ def _read_jsonl(path: Path, notes: list[str], rel: str) -> list[dict]:
         else:
             bad += 1
     if bad:
-        notes.append(f"{rel}: skipped {bad} unreadable line(s) of metrics.jsonl")
+        notes.append(f"{rel}: skipped {bad} unreadable line(s) of {path.name}")
     return [by_step[s] for s in sorted(by_step)]
 
 
