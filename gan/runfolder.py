@@ -87,14 +87,6 @@ def tb_dir(run_dir: Path) -> Path:
     return existing[0] if len(existing) == 1 else tb / Path(run_dir).resolve().name
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The JSON lines of ``path`` (``metrics.jsonl``); empty when the file does not exist."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 # ---------------------------------------------------------------------------------------------------
 # One owner per run folder
 
