@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gan.config import flatten
 from gan.runfolder import atomic_write_bytes
 
 CSV_NAME = "summary.csv"
@@ -210,15 +211,10 @@ def _read_jsonl(path: Path, notes: list[str], rel: str) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def _numeric_items(obj: dict, prefix: str = "") -> dict[str, float]:
-    """Numbers in a (nested) dict as ``{"a.b": value}``; other values are not metrics."""
-    out: dict[str, float] = {}
-    for key, value in obj.items():
-        if isinstance(value, dict):
-            out |= _numeric_items(value, f"{prefix}{key}.")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = value
-    return out
+def _numeric_items(obj: dict) -> dict[str, float]:
+    """Numbers in a (nested) dict as ``{"a.b": value}`` (:func:`gan.config.flatten`); other values are
+    not metrics."""
+    return {k: v for k, v in flatten(obj).items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def load_run(root: Path, path: Path, notes: list[str]) -> Run:
