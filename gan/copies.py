@@ -29,7 +29,10 @@ from torch.func import functional_call, stack_module_state, vmap
 def per_copy(
     generators: list[torch.Generator], draw: Callable[[torch.Generator], torch.Tensor]
 ) -> torch.Tensor:
-    """One draw per copy from its own random generator, in copy order, stacked: (K, ...)."""
+    """One draw per copy from its own random generator, in copy order, stacked: (K, ...). One copy's
+    draw gets its axis as a view (no copy, and no copy in the backward pass)."""
+    if len(generators) == 1:
+        return draw(generators[0]).unsqueeze(0)
     return torch.stack([draw(g) for g in generators])
 
 
@@ -40,7 +43,8 @@ class Single:
         self.modules = [module]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.modules[0](x[0]).unsqueeze(0)
+        # squeeze, not x[0]: a view whose gradient is a view too (indexing's allocates and copies)
+        return self.modules[0](x.squeeze(0)).unsqueeze(0)
 
     def __len__(self) -> int:
         return 1

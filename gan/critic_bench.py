@@ -149,14 +149,15 @@ class CriticBench:
         self.critic = Single(self.objective.prepare_critic(critic.to(self.device)))
         self.opt_c = self.objective.critic_optimizer(self.critic.parameters())
         self.rngs = [torch.Generator(self.device).manual_seed(cfg.seed)]
+        self.batch_size = int(cfg.train.batch_size)  # a plain int: read at every step
         self.truth = self.problem.truth()
         choices, charts = group_choices(cfg), bench_charts()
         self.runs = [Run(run_dir, cfg, cfg.seed, charts=charts, choices=choices, compared=BENCH_COMPARED)]
         log.info("true W1 = %.6g ± %.2g (95%%)", self.truth[known.W1_TRUE], self.truth[known.W1_TRUE_CI95])
 
     def update(self) -> dict[str, torch.Tensor]:
-        _, real = self.problem.sample(self.cfg.train.batch_size, self.rngs[0])
-        fake, _ = self.problem.sample(self.cfg.train.batch_size, self.rngs[0])
+        _, real = self.problem.sample(self.batch_size, self.rngs[0])
+        fake, _ = self.problem.sample(self.batch_size, self.rngs[0])
         return self.objective.critic_step(self.critic, self.opt_c, real[None], fake[None], self.rngs)
 
     def finite(self) -> list[bool]:

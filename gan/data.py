@@ -52,12 +52,16 @@ class MixtureOfGaussians:
             raise ValueError(f"layout={layout!r}: must be one of ['ring', 'grid']")
         self.modes = modes.float()
         self.std = float(std)
+        self._modes_on = {self.modes.device: self.modes}  # one copy per device, not one per batch
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         device = generator.device
-        which = torch.randint(len(self.modes), (n,), generator=generator, device=device)
+        modes = self._modes_on.get(device)
+        if modes is None:
+            modes = self._modes_on[device] = self.modes.to(device)
+        which = torch.randint(len(modes), (n,), generator=generator, device=device)
         noise = torch.randn(n, 2, generator=generator, device=device)
-        return self.modes.to(device)[which] + self.std * noise
+        return modes[which] + self.std * noise
 
     sample_heldout = sample  # an infinite set: fresh samples are held out
 

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
+from gan.copies import per_copy
 from metrics.critic import input_gradients
 from metrics.ot import OT_CAPPED, sinkhorn_divergence, torch_cost_matrix, w1_differentiable
 
@@ -49,7 +50,7 @@ def random_interpolates(real: torch.Tensor, fake: torch.Tensor, rngs: list[torch
     """``t x + (1 − t) y`` with one ``t ~ U[0, 1]`` per sample (not one for the whole batch), each copy's
     weights drawn from its own generator in ``rngs``; ``real`` and ``fake`` are (K, B, ...)."""
     shape = (real.shape[1],) + (1,) * (real.dim() - 2)
-    t = torch.stack([torch.rand(shape, generator=g, device=real.device) for g in rngs])
+    t = per_copy(rngs, lambda g: torch.rand(shape, generator=g, device=real.device))
     return t * real + (1 - t) * fake
 
 

@@ -170,6 +170,8 @@ class GANTraining:
             self.objective.critic_optimizer(self.critic.parameters()) if self.critic is not None else None
         )
         self.rngs = [torch.Generator(self.device).manual_seed(run.seed) for run in runs]
+        # Plain ints for the per-step draws: a DictConfig lookup costs tens of microseconds.
+        self.batch_size, self.latent_dim = int(cfg.train.batch_size), generators[0].latent_dim
         self.classifier, self.inception = quality_networks(self.data, cfg.eval, device=self.device)
         if self.data.shape == (2,):  # fixed axes for the run's figures, from the data's extent
             self.limits = toy_limits(self.data.sample(4096, torch.Generator(self.device).manual_seed(0)))
@@ -180,10 +182,10 @@ class GANTraining:
     # -- one update ---------------------------------------------------------------------------------
 
     def _real(self) -> torch.Tensor:
-        return per_copy(self.rngs, lambda g: self.data.sample(self.cfg.train.batch_size, g))
+        return per_copy(self.rngs, lambda g: self.data.sample(self.batch_size, g))
 
     def _latents(self) -> torch.Tensor:
-        size = (self.cfg.train.batch_size, self.generator.modules[0].latent_dim)
+        size = (self.batch_size, self.latent_dim)
         return per_copy(self.rngs, lambda g: torch.randn(size, generator=g, device=self.device))
 
     def update(self) -> dict[str, torch.Tensor]:
