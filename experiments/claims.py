@@ -10,8 +10,8 @@ experiment=<preset> resume=true train.threads=1`` in a subprocess, with Hydra's 
 (``n_jobs``), into ``<out>/<preset>/``. A sweep whose jobs all completed under the same command is not
 started again, and any other is rerun with ``resume=true``, so completed jobs are kept and interrupted
 ones continue. Then it reads every run folder (``summary.json``, ``metrics.jsonl``, ``.hydra/``) and
-writes, between the ``experiments.claims`` markers of ``results`` (``scripts.bench.write_section``; the
-rest of the page is kept), per claim: a table of mean and 95% Student-t interval over seeds
+writes, between the ``experiments.claims`` markers of ``results`` (:func:`scripts.page.write_section`;
+the rest of the page is kept), per claim: a table of mean and 95% Student-t interval over seeds
 (:func:`metrics.stats.t_interval`), figures in ``images`` (critic estimate against exact and
 real-vs-real W1 over training, generated samples per objective from each run's checkpoint, quality
 against critic error) and a verdict, *holds*, *refuted* or *inconclusive*, computed by the criterion
@@ -783,26 +783,6 @@ def _verdict_line(verdicts: list[tuple[str, str]]) -> str:
     return f"**Verdict: {combine(w for _, w in verdicts)}** ({parts})."
 
 
-def write_results(path: Path, text: str) -> None:
-    """Rewrite the :data:`SECTION` of ``path`` (``scripts.bench.write_section``), keeping the rest. A page
-    that has no marked sections yet gets this one appended (write_section would make the page just it).
-    After the end marker comes one line break, and one blank line when the page goes on, however often
-    the section is rewritten."""
-    from gan.runfolder import atomic_write_bytes
-    from scripts.bench import write_section
-
-    end = f"<!-- end {SECTION} -->"  # the marker format of scripts.bench.write_section
-    old = path.read_text() if path.exists() else ""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if old.strip() and "<!-- begin " not in old:
-        markers = f"<!-- begin {SECTION}: rewritten by the command below -->\n{end}\n"
-        atomic_write_bytes(path, f"{old.rstrip()}\n\n{markers}".encode())
-    write_section(path, SECTION, text)
-    head, tail = path.read_text().split(end, 1)
-    rest = tail.lstrip("\n")
-    atomic_write_bytes(path, (head + end + "\n" + ("\n" + rest if rest else "")).encode())
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The command
 
@@ -831,6 +811,7 @@ def claims(cfg: DictConfig, command: str) -> Path:
     """Run the sweeps of ``cfg.budget`` (unless ``cfg.run`` is false), then write the section and the
     figures; returns the results page."""
     from gan.runfolder import atomic_write_bytes
+    from scripts.page import write_section
 
     _check(cfg)
     started = time.perf_counter()
@@ -878,7 +859,7 @@ def claims(cfg: DictConfig, command: str) -> Path:
             f"{TIMING_PREFIX}: {(time.perf_counter() - started) / 60:.1f} min in all ({spent}), "
             f"finished {time.strftime('%Y-%m-%d %H:%M %Z')}."
         )
-    write_results(results, render(cfg, command, sweeps, figures, timing))
+    write_section(results, SECTION, render(cfg, command, sweeps, figures, timing))
     log.info("wrote the %s section of %s", SECTION, results)
     return results
 

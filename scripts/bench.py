@@ -67,6 +67,7 @@ import metrics.ot
 from gan.evaluation import eval_generator
 from gan.runfolder import atomic_write_bytes
 from metrics.ot import SOLVERS, _pick_solver, cost_matrix, solve
+from scripts.page import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -1939,27 +1940,6 @@ Written by `{COMMAND}` and `{DEVICE_COMMAND}` from the figures each of them meas
 
 {table}
 """
-
-
-def write_section(path: Path, name: str, text: str, *, at_end: bool = False) -> None:
-    """Put ``text`` between ``name``'s begin/end markers in ``path``, keeping everything outside them, so
-    that several benchmark commands can each own a part of one page. A section not yet on the page is
-    appended; a page with no sections at all (new, or from before them) becomes this one section.
-    ``at_end``: the section is moved to the end of the page (a closing section)."""
-    begin, end = f"<!-- begin {name}: rewritten by the command below -->", f"<!-- end {name} -->"
-    block = f"{begin}\n{text.strip()}\n{end}\n"
-    old = path.read_text() if path.exists() else ""
-    if begin in old and end in old:
-        head, rest = old.split(begin, 1)
-        tail = rest.split(end, 1)[1]
-        if at_end and tail.strip():
-            page = "\n\n".join(part for part in (head.strip(), tail.strip()) if part)
-            block = f"{page}\n\n{block}"
-        else:
-            block = head + block + tail
-    elif "<!-- begin " in old:
-        block = f"{old.rstrip()}\n\n{block}"
-    atomic_write_bytes(path, block.encode())
 
 
 def publish(

@@ -53,8 +53,8 @@ from scripts.bench import (
     machine_info,
     markdown_table,
     median_ratio,
-    write_section,
 )
+from scripts.page import write_section
 
 COMMAND = ".venv/bin/python -m scripts.bench_parallel"
 SECTION_INTRO = (

@@ -146,31 +146,6 @@ def test_the_evaluation_breakdown_times_every_variant(one_thread):
     assert bench.evaluation_table(results).count("\n") == 1 + len(results)
 
 
-def test_write_section_replaces_only_its_own_part(tmp_path):
-    page = tmp_path / "PERFORMANCE.md"
-    bench.write_section(page, "a", "# first")
-    assert page.read_text().count("# first") == 1
-    page.write_text(page.read_text() + "\nwritten by hand\n")
-    bench.write_section(page, "b", "second")  # a second owner adds its section at the end
-    bench.write_section(page, "a", "# first, again")
-    text = page.read_text()
-    assert "# first, again" in text and "# first\n" not in text
-    assert text.index("# first, again") < text.index("written by hand") < text.index("second")
-    bench.write_section(page, "b", "second, again")
-    assert "second, again" in page.read_text() and "written by hand" in page.read_text()
-
-
-def test_write_section_can_keep_a_section_last(tmp_path):
-    page = tmp_path / "PERFORMANCE.md"
-    bench.write_section(page, "a", "first")
-    bench.write_section(page, "summary", "closing", at_end=True)
-    bench.write_section(page, "b", "later")  # appended after the closing section ...
-    bench.write_section(page, "summary", "closing, again", at_end=True)  # ... which moves back to the end
-    text = page.read_text()
-    assert text.index("first") < text.index("later") < text.index("closing, again")
-    assert text.count("begin summary") == 1 and "closing\n" not in text
-
-
 def test_max_state_difference():
     a = {"w": torch.zeros(2), "b": torch.ones(1)}
     assert bench.max_state_difference(a, {k: v.clone() for k, v in a.items()}) == 0

@@ -25,7 +25,6 @@ from experiments.claims import (
     load_sweep,
     paired,
     render,
-    write_results,
 )
 from tests.conftest import ROOT
 
@@ -234,21 +233,6 @@ def test_section_states_criteria_tables_failures_and_verdicts(tmp_path, claims_c
     assert "`synthetic/7_objective=exact_ot,seed=1`: failed" in text
     assert text.count("**Verdict: holds**") == 3  # claims 1, 2 and 4
     assert TIMING_PREFIX not in text
-
-
-def test_write_results_replaces_only_its_own_section(tmp_path):
-    page = tmp_path / "RESULTS.md"
-    page.write_text("# Results\n\nhand-written text\n")
-    write_results(page, "first\n")
-    write_results(page, "second\n")
-    text = page.read_text()
-    assert text.startswith("# Results\n\nhand-written text\n") and "second" in text and "first" not in text
-    assert text.count(f"<!-- begin {SECTION}") == 1 and text.count(f"<!-- end {SECTION} -->") == 1
-    page.write_text(text + "\n## After\n\nkept\n")
-    write_results(page, "third\n")
-    write_results(page, "third\n")  # the same text again: the same page, no blank lines piling up
-    assert page.read_text().endswith(f"<!-- end {SECTION} -->\n\n## After\n\nkept\n")
-    assert "third" in page.read_text() and "second" not in page.read_text()
 
 
 # --- a tiny run of the command -----------------------------------------------------------------------
