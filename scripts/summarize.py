@@ -22,16 +22,24 @@ FOLDER:
 * ``quality_vs_critic_error.png``: final sample quality (``w1_large``) against final
   ``critic_rel_error``, one point per run.
 
+With ``--results PAGE --section NAME [--keys k1,k2]`` it also writes the grouped table (of those keys)
+and ``curves.png`` into a page, between the markers of section ``scripts.summarize NAME``
+(:mod:`scripts.page`), with the sweep's command (from Hydra's ``multirun.yaml``) and the machine::
+
+    python -m scripts.summarize outputs/sweeps/<sweep> --results docs/RESULTS.md --section claim1_toy \\
+        --keys w1_exact,w1_real_real,critic_estimate
+
 It reads partial sweeps: a run still going (no ``summary.json`` yet) appears in the CSV as
 ``unfinished`` with its last evaluation, and in the curves; failed and diverged runs appear with their
 status. Only completed runs enter the means. Everything it leaves out is printed with the reason.
-Standard library, NumPy and Matplotlib only, so it runs wherever the run folders were copied to.
+Standard library, NumPy, Matplotlib and PyYAML only, so it runs wherever the run folders were copied to.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import io
 import json
 import math
@@ -354,7 +362,10 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def markdown_text(root: Path, runs: list[Run]) -> str:
+def markdown_text(
+    root: Path, runs: list[Run], columns: list[str] | None = None, *, title: bool = True
+) -> str:
+    """The grouped table of ``summary.md``; ``columns``: only these metrics (default: every one)."""
     groups = group_runs(runs)
     varying = varying_keys(runs)
     counts: dict[str, int] = defaultdict(int)
@@ -365,13 +376,13 @@ def markdown_text(root: Path, runs: list[Run]) -> str:
         (k, v) for k, v in shared if k not in GROUP_EXCLUDE and all(r.overrides.get(k) == v for r in runs)
     ]
     completed = [r for r in runs if r.status == COMPLETED]
-    columns = ["elapsed_s", *metric_columns({k for r in completed for k in r.final})]
-    columns += sorted({k for r in completed for k in r.extra})
+    if columns is None:
+        columns = ["elapsed_s", *metric_columns({k for r in completed for k in r.final})]
+        columns += sorted({k for r in completed for k in r.extra})
 
-    lines = [
-        f"# Summary of `{root.name or root}`",
-        "",
-        f"{len(runs)} run(s): " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + ".",
+    lines = [f"# Summary of `{root.name or root}`", ""] if title else []
+    lines += [
+        f"{len(runs)} run(s): " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + "."
     ]
     if shared:
         lines += ["", "Overrides shared by every run: " + ", ".join(f"`{k}={v}`" for k, v in shared) + "."]
@@ -578,6 +589,49 @@ def summarize(root: str | Path, *, quality_key: str = DEFAULT_QUALITY_KEY) -> di
     return {"runs": runs, "written": written, "skipped": notes}
 
 
+def sweep_command(root: Path) -> str | None:
+    """The command that made the multirun in ``root``, from Hydra's ``multirun.yaml``."""
+    import yaml
+
+    try:
+        hydra = yaml.safe_load((root / "multirun.yaml").read_text())["hydra"]
+        overrides = [str(o) for o in hydra["overrides"]["task"]]
+        job = hydra["job"]["name"]
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    return " ".join(["python", "-m", f"experiments.{job}", "--multirun", *overrides])
+
+
+def results_section(root: Path, runs: list[Run], command: str, keys: list[str], figure: str | None) -> str:
+    """A page section for the runs below ``root``: how it was made, the grouped table of ``keys``, the
+    curves figure (a link relative to the page)."""
+    import platform
+    from importlib.metadata import version
+
+    made = sweep_command(root)
+    ended = [r.path / "summary.json" for r in runs if (r.path / "summary.json").is_file()]
+    when = max((p.stat().st_mtime for p in ended), default=None)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines = [
+        f"Written by `{command}` from the runs of "
+        + (f"`{made}`" if made else f"`{root.name}`")
+        + "; rerunning both rewrites this section.",
+        "",
+        f"Machine: {cores} CPU cores ({platform.machine()}), torch {version('torch')}, Python "
+        f"{platform.python_version()}"
+        + (
+            f"; the last run ended {dt.datetime.fromtimestamp(when, dt.UTC):%Y-%m-%d %H:%M} UTC."
+            if when
+            else "."
+        ),
+        "",
+        markdown_text(root, runs, keys, title=False).rstrip(),
+    ]
+    if figure:
+        lines += ["", f"![exact W1, critic estimate and real-vs-real W1 over training]({figure})"]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.summarize",
@@ -589,7 +643,18 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_QUALITY_KEY,
         help=f"final metric on the y axis of {QUALITY_NAME} (default: %(default)s)",
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="also write the table (of --keys) and the curves into this page, between the markers of "
+        "--section (scripts.page); the figure goes to an images/ folder beside the page",
+    )
+    parser.add_argument("--section", help="the section's name on the --results page")
+    parser.add_argument("--keys", help="comma-separated metrics for the --results table (default: all)")
     args = parser.parse_args(argv)
+    if (args.results is None) != (args.section is None):
+        print("error: --results and --section go together", file=sys.stderr)
+        return 2
     try:
         result = summarize(args.folder, quality_key=args.quality_key)
     except FileNotFoundError as exc:
@@ -612,7 +677,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {note}")
     for path in result["written"]:
         print(f"wrote {path}")
+    if args.results is not None:
+        write_results(args, runs, argv if argv is not None else sys.argv[1:])
+        print(f"wrote section {args.section} of {args.results}")
     return 0
+
+
+def write_results(args, runs: list[Run], argv: list[str]) -> None:
+    """The ``--results`` page's ``--section``: :func:`results_section`, its figure copied beside the page."""
+    import shlex
+
+    from scripts.page import write_section
+
+    figure = None
+    curves = args.folder / CURVES_NAME
+    if curves.is_file():
+        image = args.results.parent / "images" / f"{args.section}_curves.png"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(image, curves.read_bytes())
+        figure = os.path.relpath(image, args.results.parent)
+    keys = [k.strip() for k in args.keys.split(",")] if args.keys else None
+    command = shlex.join(["python", "-m", "scripts.summarize", *argv])
+    text = results_section(args.folder, runs, command, keys, figure)
+    write_section(args.results, f"scripts.summarize {args.section}", text)
 
 
 if __name__ == "__main__":

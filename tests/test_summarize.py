@@ -247,3 +247,34 @@ def test_metric_columns_put_image_quality_after_the_toy_keys_and_unknown_keys_la
     assert metric_columns(keys) == [
         "w1_exact", "critic_rel_error", "w1_large", "fid", "precision", "sharpness", "zeta",
     ]  # fmt: skip
+
+
+def test_results_page_section_from_a_sweep(runs, tmp_path):
+    from scripts.summarize import main
+
+    root, _ = runs
+    sweep = tmp_path / "sweep"
+    shutil.copytree(root / "sweep", sweep)
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: ['data=gaussians8,gaussians25', 'seed=0,1']\n"
+        "  job:\n    name: train\n"
+    )
+    page = tmp_path / "docs" / "RESULTS.md"
+    page.parent.mkdir()
+    page.write_text("# Results\n\nhand-written\n")
+    argv = [str(sweep), "--results", str(page), "--section", "toy", "--keys", "w1_exact,critic_estimate"]
+    assert main(argv) == 0 and main(argv) == 0  # twice: the section is rewritten, not repeated
+    text = page.read_text()
+    assert (
+        text.startswith("# Results\n\nhand-written\n") and text.count("<!-- begin scripts.summarize toy") == 1
+    )
+    assert (
+        "from the runs of `python -m experiments.train --multirun data=gaussians8,gaussians25 seed=0,1`"
+        in text
+    )
+    assert "| group | runs | not completed | seeds | w1_exact | critic_estimate |" in text
+    finals = [_summary(sweep / name)["final"]["w1_exact"] for name in ("0", "1")]  # the gaussians8 seeds
+    mean, sd = float(np.mean(finals)), float(np.std(finals, ddof=1))
+    assert f"| data=gaussians8 | 3 | 1 | 0, 1, 5 | {fmt_mean_sd(mean, sd)} |" in text
+    assert (page.parent / "images" / "toy_curves.png").is_file() and "](images/toy_curves.png)" in text
+    assert main([str(sweep), "--results", str(page)]) == 2  # --section missing
