@@ -595,7 +595,9 @@ def sweep_command(root: Path) -> str | None:
 
     try:
         hydra = yaml.safe_load((root / "multirun.yaml").read_text())["hydra"]
-        overrides = [str(o) for o in hydra["overrides"]["task"]]
+        given = hydra["overrides"]
+        launch = [str(o) for o in given.get("hydra") or [] if not str(o).startswith("hydra.mode=")]
+        overrides = [*map(str, given["task"]), *launch]  # hydra.mode=MULTIRUN is --multirun
         job = hydra["job"]["name"]
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return None
