@@ -1,4 +1,4 @@
-"""Run the image presets of claims 1, 2 and 4 and write their section of the results page from the runs.
+"""Run the image experiments of claims 1 to 4 and write their section of the results page from the runs.
 
     python -m experiments.claims                  # budget=small (make claims): about an hour on 2 CPU cores
     python -m experiments.claims budget=paper     # the _paper twins, for a GPU or a cluster
@@ -9,15 +9,18 @@ For each preset of the budget (``conf/claims.yaml``) it runs ``python -m experim
 experiment=<preset> resume=true train.threads=1`` in a subprocess, with Hydra's joblib launcher
 (``n_jobs``), into ``<out>/<preset>/``. A sweep whose jobs all completed under the same command is not
 started again, and any other is rerun with ``resume=true``, so completed jobs are kept and interrupted
-ones continue. Then it reads every run folder (``summary.json``, ``metrics.jsonl``, ``.hydra/``) and
+ones continue. Claim 3 needs no training: the budget's ``centroids`` overrides go to one run of
+``python -m experiments.centroids`` into ``<out>/claim3_centroids/`` (reused when it ran before under the
+same command). Then it reads every run folder (``summary.json``, ``metrics.jsonl``, ``.hydra/``) and
 writes, between the ``experiments.claims`` markers of ``results`` (:func:`scripts.page.write_section`;
 the rest of the page is kept), per claim: a table of mean and 95% Student-t interval over seeds
 (:func:`metrics.stats.t_interval`), figures in ``images`` (critic estimate against exact and
 real-vs-real W1 over training, generated samples per objective from each run's checkpoint, quality
 against critic error) and a verdict, *holds*, *refuted* or *inconclusive*, computed by the criterion
 printed beside it: the docstrings of :func:`claim1_verdict`, :func:`claim2_comparison`,
-:func:`claim4_comparison` and :func:`combine`. Only completed runs enter the numbers; a failed, diverged
-or unfinished job is counted in the tables and leaves its seed out of every comparison it belongs to.
+:func:`claim3_verdict`, :func:`claim4_comparison` and :func:`combine`. Only completed runs enter the
+numbers; a failed, diverged or unfinished job is counted in the tables and leaves its seed out of every
+comparison it belongs to.
 
 Per run, sample-quality keys (``fid``, ``sharpness``, ``precision``, ``recall``, ``w1_large``) are read
 from the final evaluation, and the keys measured on one pair of minibatches (``critic_rel_error``,
@@ -59,6 +62,7 @@ COMMAND = "python -m experiments.claims"
 SWEEP_RECORD = "claims_sweep.json"  # in a sweep folder: the command and its job folders
 TIMING_PREFIX = "Wall time"  # the one line of the section that changes from one identical run to the next
 ROLES = ("objectives", "critic_steps")
+CENTROIDS_FOLDER = "claim3_centroids"  # below out: the experiments.centroids run of claim 3
 
 HOLDS, REFUTED, INCONCLUSIVE = "holds", "refuted", "inconclusive"
 REFERENCE = "wgan_gp"
@@ -292,12 +296,36 @@ def _summary_status(path: Path) -> str | None:
         return None
 
 
-def sweep_is_done(folder: Path, command: list[str]) -> bool:
-    """True when ``folder`` holds the record of ``command`` and every job it lists completed."""
+def read_record(folder: Path) -> dict:
+    """The record a run of this command left in ``folder`` (its command, and what it made); ``{}``."""
     try:
         record = json.loads((folder / SWEEP_RECORD).read_text())
     except (OSError, ValueError):
-        return False
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def run_recorded(name: str, command: list[str], folder: Path, log_path: Path, made, env=None) -> float:
+    """Run ``command`` with its output appended to ``log_path``, then record in ``folder`` the command, its
+    exit code and ``made(folder)`` (what it left there); returns its wall time in seconds."""
+    from gan.runfolder import atomic_write_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("%s: %s (log: %s)", name, shlex.join(command[1:]), log_path)
+    started = time.perf_counter()
+    with log_path.open("a") as out:
+        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        log.warning("%s: %s exited with %d; see %s", name, command[2], done.returncode, log_path)
+    record = {"command": command[1:], **made(folder), "returncode": done.returncode}
+    atomic_write_bytes(folder / SWEEP_RECORD, (json.dumps(record, indent=1) + "\n").encode())
+    return seconds
+
+
+def sweep_is_done(folder: Path, command: list[str]) -> bool:
+    """True when ``folder`` holds the record of ``command`` and every job it lists completed."""
+    record = read_record(folder)
     jobs = record.get("jobs") or []
     return (
         record.get("command") == command[1:]
@@ -306,32 +334,54 @@ def sweep_is_done(folder: Path, command: list[str]) -> bool:
     )
 
 
+def _jobs(folder: Path) -> dict:
+    from scripts.summarize import find_runs
+
+    return {"jobs": [p.relative_to(folder).as_posix() for p in find_runs(folder)]}
+
+
 def run_sweep(preset: str, folder: Path, log_path: Path, cfg: DictConfig) -> float | None:
     """Run (or resume) ``preset``'s multirun unless it is done; returns its wall time in seconds, ``None``
     when the completed sweep is reused. A job that fails is recorded in its own folder (the multirun
     then exits non-zero, and the other jobs still run)."""
-    from gan.runfolder import atomic_write_bytes
-    from scripts.summarize import find_runs
-
     command = sweep_command(preset, folder, cfg)
     if sweep_is_done(folder, command):
         log.info("%s: every job completed before; reused", preset)
         return None
-    folder.mkdir(parents=True, exist_ok=True)
-    log.info("%s: %s (log: %s)", preset, shlex.join(command[1:]), log_path)
-    started = time.perf_counter()
-    with log_path.open("a") as out:
-        done = subprocess.run(
-            command, stdout=out, stderr=subprocess.STDOUT, env=os.environ | {"OMP_NUM_THREADS": "1"}
-        )
-    seconds = time.perf_counter() - started
-    if done.returncode:
-        log.warning("%s: the multirun exited with %d; see %s", preset, done.returncode, log_path)
-    jobs = [p.relative_to(folder).as_posix() for p in find_runs(folder)]
-    record = {"command": command[1:], "jobs": jobs, "returncode": done.returncode}
-    atomic_write_bytes(folder / SWEEP_RECORD, (json.dumps(record, indent=1) + "\n").encode())
-    log.info("%s: %d job folder(s) in %.1f min", preset, len(jobs), seconds / 60)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    seconds = run_recorded(preset, command, folder, log_path, _jobs, env)
+    log.info("%s: %d job folder(s) in %.1f min", preset, len(read_record(folder)["jobs"]), seconds / 60)
     return seconds
+
+
+def centroids_overrides(cfg: DictConfig) -> list[str]:
+    """The budget's overrides of experiments.centroids (claim 3)."""
+    return list(map(str, cfg.budgets[cfg.budget].get("centroids") or []))
+
+
+def centroids_command(folder: Path, cfg: DictConfig) -> list[str]:
+    """Claim 3's run of experiments.centroids into ``folder``, with the budget's overrides."""
+    command = [sys.executable, "-m", "experiments.centroids", *centroids_overrides(cfg)]
+    return [*command, "progress=false", f"hydra.run.dir={folder}"]
+
+
+def run_centroids(folder: Path, log_path: Path, cfg: DictConfig) -> float | None:
+    """Run claim 3's k-means comparison unless ``folder`` holds its result under the same command; returns
+    its wall time in seconds, ``None`` when the earlier result is reused."""
+    command = centroids_command(folder, cfg)
+    record = read_record(folder)
+    if record.get("command") == command[1:] and record.get("returncode") == 0 and load_centroids(folder):
+        log.info("claim 3: the k-means comparison ran before; reused")
+        return None
+    return run_recorded("claim 3", command, folder, log_path, lambda _: {})
+
+
+def load_centroids(folder: Path) -> dict | None:
+    """The ``centroids.json`` experiments.centroids wrote into ``folder``; ``None`` when there is none."""
+    try:
+        return json.loads((folder / "centroids.json").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -412,6 +462,44 @@ def claim4_comparison(reference: Group, candidate: Group) -> Comparison:
         return Comparison(reference.name, candidate.name, None, deltas, INCONCLUSIVE, "fewer than 2 seeds")
     verdict = HOLDS if fid == cosine == 1 else REFUTED if fid * cosine == -1 else INCONCLUSIVE
     return Comparison(reference.name, candidate.name, None, deltas, verdict)
+
+
+@dataclass
+class CentroidsRow:
+    """Claim 3 at one batch size: paired differences over draws and the verdict."""
+
+    n: int
+    draws: int
+    centroids_w1: Interval
+    real_w1: Interval
+    w1_margin: Interval  # W1(x, y) - W1(C, y): above 0 when the centroids are closer
+    w2_margin: Interval
+    closer_share: float  # draws with W1(C, y) < W1(x, y)
+    verdict: str
+
+
+def claim3_verdict(n: int, values: dict[str, list[float]]) -> CentroidsRow:
+    """Claim 3 holds at a batch size n when the 95% Student-t interval over draws of the paired difference
+    W1(x, y) − W1(C, y) lies entirely above 0: the n k-means centroids C of the training images (k = n)
+    are closer in exact W1 to a batch y of n held-out real images than a batch x of n real training
+    images is, although no centroid is a real image. It is refuted at n when the interval lies entirely
+    below 0 (the real batch is closer), and inconclusive when it contains 0 or fewer than 2 draws were
+    made. The batch sizes combine as the settings of the other claims do."""
+    from experiments.centroids import CENTROIDS_W1, CENTROIDS_W2, REAL_W1, REAL_W2
+
+    c1, r1 = np.asarray(values[CENTROIDS_W1], float), np.asarray(values[REAL_W1], float)
+    c2, r2 = np.asarray(values[CENTROIDS_W2], float), np.asarray(values[REAL_W2], float)
+    margin = interval(r1 - c1)
+    verdict = {1: HOLDS, -1: REFUTED, 0: INCONCLUSIVE}[margin.sign]
+    closer = float(np.mean(c1 < r1)) if len(c1) else math.nan
+    return CentroidsRow(n, len(c1), interval(c1), interval(r1), margin, interval(r2 - c2), closer, verdict)
+
+
+def claim3_rows(result: dict | None) -> list[CentroidsRow]:
+    """:func:`claim3_verdict` at each batch size of an experiments.centroids result (none without one)."""
+    if not result:
+        return []
+    return [claim3_verdict(int(n), v) for n, v in sorted(result["values"].items(), key=lambda kv: int(kv[0]))]
 
 
 def combine(verdicts) -> str:
@@ -689,13 +777,19 @@ def machine_line(cfg: DictConfig) -> str:
 
 
 def render(
-    cfg: DictConfig, command: str, sweeps: list[Sweep], figures: dict[str, str], timing: str | None
+    cfg: DictConfig,
+    command: str,
+    sweeps: list[Sweep],
+    figures: dict[str, str],
+    timing: str | None,
+    centroids: dict | None = None,
 ) -> str:
-    """The section of the page, from the loaded sweeps and the figure links (``{name: relative path}``)."""
+    """The section of the page, from the loaded sweeps, claim 3's experiments.centroids result and the
+    figure links (``{name: relative path}``)."""
     objectives = [s for s in sweeps if s.role == "objectives"]
     steps = [s for s in sweeps if s.role == "critic_steps"]
     lines = [
-        "## Claims 1, 2 and 4 on images, computed from the runs",
+        "## Claims 1 to 4 on images, computed from the runs",
         "",
         f"Written by `{command}` from the run folders below `{cfg.out}` (budget `{cfg.budget}`); the "
         "tables, figures and verdict words are computed, and rerunning the command rewrites this section. "
@@ -752,6 +846,10 @@ def render(
         lines += ["", f"Verdict for this setting: {_verdict(verdict)}."]
     lines += ["", _verdict_line(verdicts)]
 
+    # Claim 3.
+    lines += ["", "### Claim 3: minibatch W1 as a measure of quality", ""]
+    lines += _claim3_lines(cfg, centroids, figures)
+
     # Claim 4.
     lines += ["", "### Claim 4: the gradient field, not the distance", ""]
     lines += [f"*Criterion.* {criterion(claim4_comparison)} {criterion(combine)}"]
@@ -774,6 +872,35 @@ def render(
         lines += ["", f"![grad_ot_cosine over training]({figures['grad_ot_cosine']})"]
     lines += ["", _verdict_line(verdicts)]
     return "\n".join(lines) + "\n"
+
+
+def _claim3_lines(cfg: DictConfig, result: dict | None, figures: dict[str, str]) -> list[str]:
+    lines = [f"*Criterion.* {criterion(claim3_verdict)} {criterion(combine)}", ""]
+    if not result:
+        folder = Path(str(cfg.out)) / CENTROIDS_FOLDER
+        return [*lines, f"No experiments.centroids result in `{folder}`.", "", _verdict_line([])]
+    capped = result.get("kmeans_capped", 0)
+    lines += [
+        f"`{shlex.join(['python', '-m', 'experiments.centroids', *centroids_overrides(cfg)])}`"
+        f" on {result['data']} (d = {result['dim']}, {result['num_train']} training images): k-means with "
+        f"k = n on the whole training split, x drawn from the training split, y from the "
+        f"{result['reference']} split; {result['draws']} draws per n, seed {result['seed']}"
+        + (f"; {capped} k-means runs stopped at `kmeans.max_iter` before converging." if capped else "."),
+        "",
+    ]
+    rows = claim3_rows(result)
+    lines += _table(
+        ["n", "draws", "W1(C, y)", "W1(x, y)", "W1(x, y) − W1(C, y)", "W2(x, y) − W2(C, y)",
+         "centroids closer (W1)", "verdict"],
+        [[str(r.n), str(r.draws), r.centroids_w1.cell(), r.real_w1.cell(), r.w1_margin.cell(),
+          r.w2_margin.cell(), f"{r.closer_share:.0%}", _verdict(r.verdict)] for r in rows],
+    )  # fmt: skip
+    if "centroids" in figures:
+        lines += [
+            "",
+            f"![k-means centroids beside real images, and the distances against n]({figures['centroids']})",
+        ]
+    return [*lines, "", _verdict_line([(f"n = {r.n}", r.verdict) for r in rows])]
 
 
 def _verdict_line(verdicts: list[tuple[str, str]]) -> str:
@@ -800,8 +927,14 @@ def _check(cfg: DictConfig) -> None:
         raise ConfigError(f"samples={cfg.samples!r}: must be a positive integer")
     presets = group_options("experiment")
     for role, names in cfg.budgets[cfg.budget].items():
+        if role == "centroids":  # claim 3: overrides of experiments.centroids, checked by that command
+            if not (names is None or OmegaConf.is_list(names)):
+                raise ConfigError(
+                    f"budgets.{cfg.budget}.centroids: must be a list of overrides, e.g. [data=mnist5k]"
+                )
+            continue
         if role not in ROLES:
-            raise ConfigError(f"budgets.{cfg.budget}.{role}: not a role; use {', '.join(ROLES)}")
+            raise ConfigError(f"budgets.{cfg.budget}.{role}: not a role; use {', '.join(ROLES)} or centroids")
         for name in names:
             if name not in presets:
                 raise ConfigError(f"budgets.{cfg.budget}.{role}: {name} is not a preset in conf/experiment/")
@@ -820,6 +953,8 @@ def claims(cfg: DictConfig, command: str) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     sweeps = []
     for role, presets in cfg.budgets[cfg.budget].items():
+        if role == "centroids":
+            continue
         for preset in presets:
             seconds = run_sweep(preset, out / preset, out / f"{preset}.log", cfg) if cfg.run else None
             sweep = load_sweep(role, preset, out / preset)
@@ -850,16 +985,27 @@ def claims(cfg: DictConfig, command: str) -> Path:
         save(f"samples_{s.preset}", figure_samples, s, cfg.samples)
         save(f"quality_{s.preset}", figure_quality, s)
 
+    centroids, centroids_seconds = None, None
+    if "centroids" in cfg.budgets[cfg.budget]:
+        folder = out / CENTROIDS_FOLDER
+        if cfg.run:
+            centroids_seconds = run_centroids(folder, out / f"{CENTROIDS_FOLDER}.log", cfg)
+        centroids = load_centroids(folder)
+        if (folder / "centroids.png").is_file():
+            save("centroids", lambda: (folder / "centroids.png").read_bytes())
+
     timing = None
     if cfg.timings:
+        spent = [(f"`{s.preset}`", s.seconds) for s in sweeps]
+        spent += [("claim 3's `experiments.centroids`", centroids_seconds)] if centroids is not None else []
         spent = ", ".join(
-            f"`{s.preset}` {'reused' if s.seconds is None else f'{s.seconds / 60:.1f} min'}" for s in sweeps
+            f"{name} {'reused' if sec is None else f'{sec / 60:.1f} min'}" for name, sec in spent
         )
         timing = (
             f"{TIMING_PREFIX}: {(time.perf_counter() - started) / 60:.1f} min in all ({spent}), "
             f"finished {time.strftime('%Y-%m-%d %H:%M %Z')}."
         )
-    write_section(results, SECTION, render(cfg, command, sweeps, figures, timing))
+    write_section(results, SECTION, render(cfg, command, sweeps, figures, timing, centroids))
     log.info("wrote the %s section of %s", SECTION, results)
     return results
 

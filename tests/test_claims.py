@@ -208,6 +208,42 @@ def test_claim4_verdict_on_quality_against_the_alignment_of_the_field(tmp_path):
     assert verdicts(claim4_comparisons(sweep)) == {"ctransform": REFUTED}
 
 
+# --- claim 3 ------------------------------------------------------------------------------------------
+
+
+def centroid_values(centroids_w1, real_w1):
+    """Per-draw values as experiments.centroids stores them (W2 a little above W1)."""
+    return {"centroids_w1": list(centroids_w1), "real_w1": list(real_w1),
+            "centroids_w2": [v + 0.1 for v in centroids_w1], "real_w2": [v + 0.2 for v in real_w1],
+            "kmeans_iter": [10] * len(real_w1)}  # fmt: skip
+
+
+def test_claim3_verdict_on_the_paired_margin_over_draws():
+    from scipy import stats
+
+    centroids, real = [3.0, 3.2, 2.9, 3.1], [4.0, 4.1, 4.3, 3.9]
+    row = claims.claim3_verdict(64, centroid_values(centroids, real))
+    margin = [r - c for r, c in zip(real, centroids, strict=True)]
+    half = stats.t.ppf(0.975, len(margin) - 1) * stats.tstd(margin) / math.sqrt(len(margin))
+    assert row.verdict == HOLDS and (row.n, row.draws, row.closer_share) == (64, 4, 1.0)
+    assert row.w1_margin.mean == pytest.approx(sum(margin) / 4) and row.w1_margin.half == pytest.approx(half)
+    assert row.w2_margin.mean == pytest.approx(row.w1_margin.mean + 0.1)
+    assert claims.claim3_verdict(64, centroid_values(real, centroids)).verdict == REFUTED  # real batch closer
+    mixed = claims.claim3_verdict(
+        64, centroid_values([3.0, 4.0, 3.5], [3.5, 3.5, 3.5])
+    )  # margin within noise
+    assert (mixed.verdict, mixed.closer_share) == (INCONCLUSIVE, pytest.approx(1 / 3))
+    assert claims.claim3_verdict(64, centroid_values([3.0], [4.0])).verdict == INCONCLUSIVE  # one draw
+
+
+def test_claim3_rows_in_order_of_batch_size():
+    result = {"values": {"256": centroid_values([1.0, 1.1], [2.0, 2.2]),
+                         "16": centroid_values([1.0, 3.0], [2.0, 1.0])}}  # fmt: skip
+    rows = claims.claim3_rows(result)
+    assert [r.n for r in rows] == [16, 256] and [r.verdict for r in rows] == [INCONCLUSIVE, HOLDS]
+    assert claims.claim3_rows(None) == []
+
+
 # --- the page -----------------------------------------------------------------------------------------
 
 
@@ -226,13 +262,21 @@ def test_section_states_criteria_tables_failures_and_verdicts(tmp_path, claims_c
         "wgan_gp": GP, "ctransform": values(fid=40.0, sharpness=0.4, rel_error=0.1, cosine=0.6),
         "exact_ot": values(fid=45.0, sharpness=0.3),
     }, failed={("exact_ot", 1)})  # fmt: skip
-    text = render(claims_cfg, "python -m experiments.claims", [sweep], {}, timing=None)
+    centroids = {"data": "mnist5k", "dim": 784, "num_train": 4000, "reference": "heldout", "draws": 3,
+                 "seed": 0, "kmeans_capped": 0,
+                 "values": {"16": centroid_values([3.0, 3.1, 3.2], [4.0, 4.2, 4.1])}}  # fmt: skip
+    text = render(claims_cfg, "python -m experiments.claims", [sweep], {}, None, centroids)
     assert "mnist5k, MLP 2×256, batch 64, 100 generator steps" in text
-    for fn in (claim1_verdict, claims.claim2_comparison, claims.claim4_comparison, combine):
+    for fn in (claim1_verdict, claims.claim2_comparison, claims.claim3_verdict, claims.claim4_comparison):
         assert claims.criterion(fn) in text  # the criterion on the page is the code's docstring
+    assert claims.criterion(combine) in text
     assert "`synthetic/7_objective=exact_ot,seed=1`: failed" in text
-    assert text.count("**Verdict: holds**") == 3  # claims 1, 2 and 4
+    assert text.count("**Verdict: holds**") == 4  # claims 1 to 4
+    assert "`python -m experiments.centroids data=mnist5k` on mnist5k (d = 784" in text
     assert TIMING_PREFIX not in text
+    # Without a k-means result claim 3 says so, and is not decided.
+    text = render(claims_cfg, "python -m experiments.claims", [sweep], {}, None, None)
+    assert "No experiments.centroids result" in text and text.count("**Verdict: holds**") == 3
 
 
 # --- a tiny run of the command -----------------------------------------------------------------------
@@ -247,6 +291,7 @@ TINY_CLAIMS = [
     "hydra.sweeper.params.objective='wgan_gp,ctransform'",
 ]  # fmt: skip
 SWEEP = "claim2_approximation_vs_quality_mnist"
+TINY_CENTROIDS = '"data=digits","batch_sizes=[8,16]","draws=3"'  # claim 3 on 8x8 digits, a few draws
 
 
 def run_claims(cwd, *extra):
@@ -254,6 +299,7 @@ def run_claims(cwd, *extra):
     tiny = ",".join(f'"{o}"' for o in [*TINY_CLAIMS, f"eval.classifier_dir={cwd.parent / 'classifiers'}"])
     args = [sys.executable, "-m", "experiments.claims", "out=claims_out", "results=RESULTS.md",
             "images=images", f"budgets.small.objectives=[{SWEEP}]", "budgets.small.critic_steps=[]",
+            f"budgets.small.centroids=[{TINY_CENTROIDS}]",
             "n_jobs=1", "seeds=[0,1]", "samples=4", f"overrides=[{tiny}]", *extra]  # fmt: skip
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # this checkout, from any folder
     out = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -271,11 +317,12 @@ def test_claims_command_twice_gives_the_same_section_and_a_rerun_reuses_the_jobs
     second = run_claims(tmp_path / "b")  # fresh output folders: every job trained again
     assert without_timing(first) == without_timing(second)
     assert sum(line.startswith(TIMING_PREFIX) for line in first.splitlines()) == 1
-    assert first.count(f"<!-- begin {SECTION}") == 1 and first.count("**Verdict: ") == 3
+    assert first.count(f"<!-- begin {SECTION}") == 1 and first.count("**Verdict: ") == 4
+    assert "| 16 | 3 |" in first and "on digits (d = 64" in first  # claim 3's table, from its own run
     assert f"| `{SWEEP}` | digits, MLP 2×8, batch 32, 4 generator steps | 4 | 4 |" in first
     record = json.loads((tmp_path / "a" / "claims_out" / SWEEP / claims.SWEEP_RECORD).read_text())
     assert len(record["jobs"]) == 4 and record["returncode"] == 0
-    for name in ("critic_vs_w1", "grad_ot_cosine", f"samples_{SWEEP}", f"quality_{SWEEP}"):
+    for name in ("critic_vs_w1", "grad_ot_cosine", f"samples_{SWEEP}", f"quality_{SWEEP}", "centroids"):
         assert (tmp_path / "a" / "images" / f"claims_small_{name}.png").is_file()
         assert f"](images/claims_small_{name}.png)" in first
     # The same output folder again: nothing is trained, and the section is the same.
