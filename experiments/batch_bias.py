@@ -4,6 +4,7 @@
     python -m experiments.batch_bias data=swissroll draws=30 shift=1.0
     python -m experiments.batch_bias data=digits "batch_sizes=[16,64,256]"
     python -m experiments.batch_bias hydra.run.dir=outputs/my_bias_run
+    python -m experiments.batch_bias results=docs/RESULTS.md           # also rewrite its section there
 
 For each batch size ``n`` and each of ``draws`` repetitions, two independent real batches ``x`` and
 ``x'`` of ``n`` samples are drawn and two exact W1 values computed (:func:`metrics.ot.wasserstein`):
@@ -16,7 +17,8 @@ For each batch size ``n`` and each of ``draws`` repetitions, two independent rea
 
 The gap between the mean of each and its truth is the bias a GAN study inherits when it reads a
 minibatch W1 as the distance between distributions. Writes ``batch_bias.json`` (every value),
-``batch_bias.md`` (mean ± sd per n) and ``batch_bias.png`` into the run folder, and prints the table.
+``batch_bias.md`` (mean ± sd per n) and ``batch_bias.png`` into the run folder, and prints the table;
+with ``results=PAGE`` also the table, the command and the figure into that page's section.
 """
 
 from __future__ import annotations
@@ -24,10 +26,14 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
+import platform
+import shlex
 from pathlib import Path
 
 import hydra
 import numpy as np
+import ot
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -41,6 +47,7 @@ from metrics.ot import wasserstein
 
 log = logging.getLogger(__name__)
 
+SECTION = "experiments.batch_bias"  # its section of a results page (results=PAGE)
 REAL_REAL = "real_real"  # W1(x, x'), truth 0
 SHIFTED = "shifted"  # W1(x, x' + m), truth |m|
 
@@ -184,6 +191,24 @@ def plot_png(rows: list[dict[str, float]], shift: float, title: str) -> bytes:
     return buf.getvalue()
 
 
+def write_results(page: Path, table: str, png: Path, command: str) -> None:
+    """The :data:`SECTION` of ``page``: ``table`` (its title one level down), the command, the machine and
+    the figure, copied to ``images/`` beside the page."""
+    from scripts.page import write_section
+
+    image = page.parent / "images" / "batch_bias.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(image, png.read_bytes())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = (
+        f"Written by `{command}`; rerunning it rewrites this section. Machine: {cores} CPU cores "
+        f"({platform.machine()}), torch {torch.__version__}, POT {ot.__version__}, Python "
+        f"{platform.python_version()}.\n\n#### {table.removeprefix('# ')}\n"
+        f"![minibatch W1 against the true W1, by batch size]({os.path.relpath(image, page.parent)})\n"
+    )
+    write_section(page, SECTION, text)
+
+
 def check(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` on the first bad value (:data:`gan.config.BATCH_BIAS`)."""
     validate(cfg, BATCH_BIAS)
@@ -237,6 +262,9 @@ def main(cfg: DictConfig) -> float:
     title = f"minibatch W1 against the true W1: {dataset}, {cfg.draws} draws per n"
     atomic_write_bytes(run_dir / "batch_bias.png", plot_png(rows, float(cfg.shift), title))
 
+    if cfg.results:
+        command = shlex.join(["python", "-m", "experiments.batch_bias", *hydra_cfg.overrides.task])
+        write_results(Path(cfg.results), header + table, run_dir / "batch_bias.png", command)
     print(header + table, end="")
     print(f"\nrun folder: {run_dir}")
     # The sweep objective: the relative bias of the shifted pair at the largest batch size.

@@ -87,10 +87,12 @@ def test_summary_rows_and_table_match_numpy():
 
 @pytest.mark.slow
 def test_entry_point_writes_json_table_and_plot(tmp_path):
-    run_dir = tmp_path / "bias"
+    run_dir, page = tmp_path / "bias", tmp_path / "docs" / "RESULTS.md"
+    page.parent.mkdir()
+    page.write_text("# Results\n\nhand-written\n")
     out = run_module(
         "experiments.batch_bias", "batch_sizes=[8,32]", "draws=3", "progress=false", "seed=2",
-        f"hydra.run.dir={run_dir}",
+        f"hydra.run.dir={run_dir}", f"results={page}",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     result = json.loads((run_dir / "batch_bias.json").read_text())
@@ -110,6 +112,11 @@ def test_entry_point_writes_json_table_and_plot(tmp_path):
     assert "| 32 |" in table and table.splitlines()[-1] in out.stdout
     assert (run_dir / "batch_bias.png").read_bytes().startswith(b"\x89PNG")
     assert math.isfinite(result["decay_exponent_real_real"])
+    # results=PAGE: the same table in the page's own section, with the command and the figure.
+    text = page.read_text()
+    assert text.startswith("# Results\n\nhand-written\n") and table.splitlines()[-1] in text
+    assert "Written by `python -m experiments.batch_bias 'batch_sizes=[8,32]' draws=3" in text
+    assert "](images/batch_bias.png)" in text and (page.parent / "images" / "batch_bias.png").is_file()
 
 
 GOOD = {"seed": 0, "batch_sizes": [8, 16], "draws": 3, "shift": 0.5, "solver": "auto"}
