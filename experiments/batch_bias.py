@@ -27,13 +27,11 @@ import io
 import logging
 import math
 import os
-import platform
 import shlex
 from pathlib import Path
 
 import hydra
 import numpy as np
-import ot
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
@@ -194,16 +192,14 @@ def plot_png(rows: list[dict[str, float]], shift: float, title: str) -> bytes:
 def write_results(page: Path, table: str, png: Path, command: str) -> None:
     """The :data:`SECTION` of ``page``: ``table`` (its title one level down), the command, the machine and
     the figure, copied to ``images/`` beside the page."""
-    from scripts.page import write_section
+    from scripts.page import machine, write_section
 
     image = page.parent / "images" / "batch_bias.png"
     image.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(image, png.read_bytes())
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     text = (
-        f"Written by `{command}`; rerunning it rewrites this section. Machine: {cores} CPU cores "
-        f"({platform.machine()}), torch {torch.__version__}, POT {ot.__version__}, Python "
-        f"{platform.python_version()}.\n\n#### {table.removeprefix('# ')}\n"
+        f"Written by `{command}`; rerunning it rewrites this section. Machine: {machine('POT')}."
+        f"\n\n#### {table.removeprefix('# ')}\n"
         f"![minibatch W1 against the true W1, by batch size]({os.path.relpath(image, page.parent)})\n"
     )
     write_section(page, SECTION, text)

@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -762,16 +761,14 @@ def _failures(sweeps: list[Sweep]) -> list[str]:
 
 
 def machine_line(cfg: DictConfig) -> str:
-    import torch
+    from scripts.page import machine
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if cfg.launcher:
         launcher = " ".join(cfg.launcher)
     else:
         launcher = f"joblib, {cfg.n_jobs} jobs at a time" if cfg.n_jobs > 1 else "basic, one job at a time"
     return (
-        f"Machine: {cores} CPU cores ({platform.machine()}), torch {torch.__version__}, Python "
-        f"{platform.python_version()}; every job with `train.threads=1` (`OMP_NUM_THREADS=1`); Hydra "
+        f"Machine: {machine()}; every job with `train.threads=1` (`OMP_NUM_THREADS=1`); Hydra "
         f"launcher: {launcher}."
     )
 

@@ -67,7 +67,7 @@ import metrics.ot
 from gan.evaluation import eval_generator
 from gan.runfolder import atomic_write_bytes
 from metrics.ot import SOLVERS, _pick_solver, cost_matrix, solve
-from scripts.page import write_section
+from scripts.page import cores, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = ROOT / "conf"
@@ -1545,10 +1545,9 @@ def cpu_model() -> str:
 
 
 def machine_info() -> dict[str, str]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "CPU": cpu_model(),
-        "cores available": str(cores),
+        "cores available": str(cores()),
         "torch": f"{torch.__version__} ({torch.get_num_threads()} intra-op threads, "
         f"{torch.get_num_interop_threads()} inter-op)",
         "POT / scipy / NumPy": f"{ot.__version__} / {scipy.__version__} / {np.__version__}",

@@ -13,9 +13,24 @@ a rerun replaces its own numbers instead of adding to them.
 
 from __future__ import annotations
 
+import os
+import platform
+from importlib.metadata import version
 from pathlib import Path
 
 from gan.runfolder import atomic_write_bytes
+
+
+def cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def machine(*packages: str) -> str:
+    """The machine a page's numbers came from, for the line beside them: cores, architecture, the
+    versions of torch and of ``packages`` (distribution names), Python."""
+    versions = ", ".join(f"{name} {version(name)}" for name in ("torch", *packages))
+    return f"{cores()} CPU cores ({platform.machine()}), {versions}, Python {platform.python_version()}"
 
 
 def markers(name: str) -> tuple[str, str]:

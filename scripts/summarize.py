@@ -607,20 +607,17 @@ def sweep_command(root: Path) -> str | None:
 def results_section(root: Path, runs: list[Run], command: str, keys: list[str], figure: str | None) -> str:
     """A page section for the runs below ``root``: how it was made, the grouped table of ``keys``, the
     curves figure (a link relative to the page)."""
-    import platform
-    from importlib.metadata import version
+    from scripts.page import machine
 
     made = sweep_command(root)
     ended = [r.path / "summary.json" for r in runs if (r.path / "summary.json").is_file()]
     when = max((p.stat().st_mtime for p in ended), default=None)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     lines = [
         f"Written by `{command}` from the runs of "
         + (f"`{made}`" if made else f"`{root.name}`")
         + "; rerunning both rewrites this section.",
         "",
-        f"Machine: {cores} CPU cores ({platform.machine()}), torch {version('torch')}, Python "
-        f"{platform.python_version()}"
+        f"Machine: {machine()}"
         + (
             f"; the last run ended {dt.datetime.fromtimestamp(when, dt.UTC):%Y-%m-%d %H:%M} UTC."
             if when
