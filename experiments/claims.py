@@ -983,7 +983,7 @@ def claims(cfg: DictConfig, command: str) -> Path:
         save(f"quality_{s.preset}", figure_quality, s)
 
     centroids, centroids_seconds = None, None
-    if "centroids" in cfg.budgets[cfg.budget]:
+    if cfg.budgets[cfg.budget].get("centroids") is not None:  # null: no claim 3 in this budget
         folder = out / CENTROIDS_FOLDER
         if cfg.run:
             centroids_seconds = run_centroids(folder, out / f"{CENTROIDS_FOLDER}.log", cfg)
