@@ -650,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--section", help="the section's name on the --results page")
     parser.add_argument("--keys", help="comma-separated metrics for the --results table (default: all)")
+    parser.add_argument("--no-curves", action="store_true", help="leave curves.png out of the --results page")
     args = parser.parse_args(argv)
     if (args.results is None) != (args.section is None):
         print("error: --results and --section go together", file=sys.stderr)
@@ -690,7 +691,7 @@ def write_results(args, runs: list[Run], argv: list[str]) -> None:
 
     figure = None
     curves = args.folder / CURVES_NAME
-    if curves.is_file():
+    if curves.is_file() and not args.no_curves:
         image = args.results.parent / "images" / f"{args.section}_curves.png"
         image.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(image, curves.read_bytes())

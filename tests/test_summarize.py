@@ -277,4 +277,5 @@ def test_results_page_section_from_a_sweep(runs, tmp_path):
     mean, sd = float(np.mean(finals)), float(np.std(finals, ddof=1))
     assert f"| data=gaussians8 | 3 | 1 | 0, 1, 5 | {fmt_mean_sd(mean, sd)} |" in text
     assert (page.parent / "images" / "toy_curves.png").is_file() and "](images/toy_curves.png)" in text
+    assert main([*argv, "--no-curves"]) == 0 and "](images/toy_curves.png)" not in page.read_text()
     assert main([str(sweep), "--results", str(page)]) == 2  # --section missing
