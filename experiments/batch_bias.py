@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import os
 import shlex
 from pathlib import Path
 
@@ -192,15 +191,13 @@ def plot_png(rows: list[dict[str, float]], shift: float, title: str) -> bytes:
 def write_results(page: Path, table: str, png: Path, command: str) -> None:
     """The :data:`SECTION` of ``page``: ``table`` (its title one level down), the command, the machine and
     the figure, copied to ``images/`` beside the page."""
-    from scripts.page import machine, write_section
+    from scripts.page import figure, machine, write_section
 
-    image = page.parent / "images" / "batch_bias.png"
-    image.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(image, png.read_bytes())
+    link = figure(page, "batch_bias", png.read_bytes())
     text = (
         f"Written by `{command}`; rerunning it rewrites this section. Machine: {machine('POT')}."
         f"\n\n#### {table.removeprefix('# ')}\n"
-        f"![minibatch W1 against the true W1, by batch size]({os.path.relpath(image, page.parent)})\n"
+        f"![minibatch W1 against the true W1, by batch size]({link})\n"
     )
     write_section(page, SECTION, text)
 

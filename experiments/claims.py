@@ -940,8 +940,7 @@ def _check(cfg: DictConfig) -> None:
 def claims(cfg: DictConfig, command: str) -> Path:
     """Run the sweeps of ``cfg.budget`` (unless ``cfg.run`` is false), then write the section and the
     figures; returns the results page."""
-    from gan.runfolder import atomic_write_bytes
-    from scripts.page import write_section
+    from scripts.page import figure, write_section
 
     _check(cfg)
     started = time.perf_counter()
@@ -970,9 +969,7 @@ def claims(cfg: DictConfig, command: str) -> Path:
             log.warning("figure %s not drawn: %s: %s", name, type(exc).__name__, exc)
             return
         if png is not None:
-            path = images / f"{prefix}_{name}.png"
-            atomic_write_bytes(path, png)
-            figures[name] = os.path.relpath(path, results.parent)
+            figures[name] = figure(results, f"{prefix}_{name}", png, images)
 
     objectives = [s for s in sweeps if s.role == "objectives"]
     wgan_gp = [(s.label(), s.group(REFERENCE).runs) for s in objectives if s.group(REFERENCE)]

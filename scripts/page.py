@@ -33,6 +33,15 @@ def machine(*packages: str) -> str:
     return f"{cores()} CPU cores ({platform.machine()}), {versions}, Python {platform.python_version()}"
 
 
+def figure(page: Path, name: str, png: bytes, images: Path | None = None) -> str:
+    """Write ``png`` as ``<images>/<name>.png`` (default images: ``images/`` beside ``page``); returns
+    the link to it relative to the page."""
+    path = Path(images if images is not None else Path(page).parent / "images") / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, png)
+    return os.path.relpath(path, Path(page).parent)
+
+
 def markers(name: str) -> tuple[str, str]:
     """The begin and end lines of section ``name``."""
     return f"<!-- begin {name}: rewritten by the command below -->", f"<!-- end {name} -->"

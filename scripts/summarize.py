@@ -687,18 +687,15 @@ def write_results(args, runs: list[Run], argv: list[str]) -> None:
     """The ``--results`` page's ``--section``: :func:`results_section`, its figure copied beside the page."""
     import shlex
 
-    from scripts.page import write_section
+    from scripts.page import figure, write_section
 
-    figure = None
     curves = args.folder / CURVES_NAME
+    link = None
     if curves.is_file() and not args.no_curves:
-        image = args.results.parent / "images" / f"{args.section}_curves.png"
-        image.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(image, curves.read_bytes())
-        figure = os.path.relpath(image, args.results.parent)
+        link = figure(args.results, f"{args.section}_curves", curves.read_bytes())
     keys = [k.strip() for k in args.keys.split(",")] if args.keys else None
     command = shlex.join(["python", "-m", "scripts.summarize", *argv])
-    text = results_section(args.folder, runs, command, keys, figure)
+    text = results_section(args.folder, runs, command, keys, link)
     write_section(args.results, f"scripts.summarize {args.section}", text)
 
 
